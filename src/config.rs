@@ -1,0 +1,375 @@
+//! The server configuration: one TOML file (or the embedded default), every field named
+//! with its unit, documented with its default, and every limit validated together at
+//! startup so that an operator sees all mistakes at once.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::protocol::control::PoolCreate;
+use crate::protocol::ops::{LookupResult, ReserveOp};
+use crate::protocol::HEADER_SIZE;
+use crate::shard::{Engine, EngineConfig};
+
+/// The configuration `shardcap serve` runs with when given no file: it listens on
+/// 127.0.0.1:7400 and declares one example pool named `demo`. Also in configs/default.toml.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("../configs/default.toml");
+
+/// The whole configuration.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listening, cores and placement.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Every bound on memory and queues.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Pools declared at startup (created in this order, ids from 1).
+    #[serde(default, rename = "pool")]
+    pub pools: Vec<PoolConfig>,
+}
+
+/// Listening, cores and placement.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// The shared data port every core accepts on (SO_REUSEPORT). Default `127.0.0.1:7400`.
+    /// Port 0 lets the OS choose; the chosen port is printed at startup.
+    pub listen: String,
+    /// Whether each core also listens on a port of its own for shard-aware clients.
+    /// Default `true`.
+    pub core_ports: bool,
+    /// Core `i` listens on `core_port_base + i` (same address as `listen`); 0 lets the OS
+    /// choose each port. Default `7401`.
+    pub core_port_base: u16,
+    /// Number of cores (executors, and shards per pool); 0 means one per available CPU.
+    /// Default `0`.
+    pub cores: u16,
+    /// Pin each executor to its own CPU. Default `true`.
+    pub pin_cores: bool,
+    /// Directory for the write-ahead log and snapshots. This version keeps its state in
+    /// memory only and does not write here yet. Default: none.
+    pub data_dir: Option<PathBuf>,
+    /// Memory each executor registers with io_uring, in bytes (locked memory). Default 2 MiB.
+    pub io_memory_bytes: usize,
+    /// How often each core checks for expired holds when it receives no requests, in ms.
+    /// Default `10`.
+    pub expiry_tick_ms: u64,
+    /// Log level filter (`error`, `warn`, `info`, `debug`, `trace`); the `SHARDCAP_LOG`
+    /// environment variable overrides it. Default `info`.
+    pub log_level: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:7400".into(),
+            core_ports: true,
+            core_port_base: 7401,
+            cores: 0,
+            pin_cores: true,
+            data_dir: None,
+            io_memory_bytes: 2 << 20,
+            expiry_tick_ms: 10,
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// Every bound on memory and queues. A full queue answers `busy`; nothing grows without
+/// bound.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request frame, header included, in bytes. Default 1 MiB.
+    pub frame_size_max_bytes: u32,
+    /// Most operations in one batch frame. Default `8192`.
+    pub batch_operations_max: u32,
+    /// Most open connections per core; more are answered `busy` and closed. Default `4096`.
+    pub connections_max_per_core: u32,
+    /// Most frames of one connection waiting for an answer (forwarded or parked); more are
+    /// answered `busy`. Default `1024`.
+    pub inflight_frames_max_per_connection: u32,
+    /// Most operations a core has forwarded to other cores and not yet seen answered; more
+    /// are answered `busy`. Default `65536`.
+    pub forwarded_operations_max_per_core: u32,
+    /// Depth of each channel between two cores, in messages. Default `1024`.
+    pub mesh_channel_depth_messages: u32,
+    /// Most reservation records (held, and final ones kept for retention) per core.
+    /// Default `4000000`.
+    pub holds_max_per_core: u32,
+    /// Most reserves per core waiting for capacity borrowed from another core.
+    /// Default `65536`.
+    pub parked_reserves_max_per_core: u32,
+    /// Most pools. Default `65536`.
+    pub pools_max: u32,
+    /// How long a confirmed, released or expired reservation is kept for idempotent repeats
+    /// and lookups, in seconds (at least until its hold would have expired). Default `3600`.
+    pub reservation_retention_s: u64,
+    /// The retry hint sent with `busy`, in ms. Default `5`.
+    pub busy_retry_after_ms: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            frame_size_max_bytes: 1 << 20,
+            batch_operations_max: 8192,
+            connections_max_per_core: 4096,
+            inflight_frames_max_per_connection: 1024,
+            forwarded_operations_max_per_core: 65536,
+            mesh_channel_depth_messages: 1024,
+            holds_max_per_core: 4_000_000,
+            parked_reserves_max_per_core: 65536,
+            pools_max: 65536,
+            reservation_retention_s: 3600,
+            busy_retry_after_ms: 5,
+        }
+    }
+}
+
+/// A pool declared in the configuration.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Unique name: 1 to 64 printable ASCII characters, no spaces.
+    pub name: String,
+    /// Total units.
+    pub capacity: u64,
+    /// TTL of a hold whose reserve asks for none, in seconds. Default `300`.
+    #[serde(default = "default_ttl_s")]
+    pub hold_ttl_s_default: u32,
+    /// Longest TTL a reserve or extend may ask for, in seconds. Default `900`.
+    #[serde(default = "default_ttl_max_s")]
+    pub hold_ttl_s_max: u32,
+    /// Whether reserves are accepted from the start. Default `true`.
+    #[serde(default = "default_true")]
+    pub active: bool,
+}
+
+fn default_ttl_s() -> u32 {
+    300
+}
+fn default_ttl_max_s() -> u32 {
+    900
+}
+fn default_true() -> bool {
+    true
+}
+
+impl PoolConfig {
+    /// The creation request this declaration stands for.
+    pub fn to_request(&self) -> PoolCreate {
+        PoolCreate {
+            name: self.name.clone(),
+            capacity: self.capacity,
+            hold_ttl_ms_default: self.hold_ttl_s_default.saturating_mul(1000),
+            hold_ttl_ms_max: self.hold_ttl_s_max.saturating_mul(1000),
+            kind: 0,
+            active: self.active,
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML is not valid or has unknown fields.
+    #[error("invalid config: {0}")]
+    Parse(#[from] toml::de::Error),
+    /// One or more values are out of range; every problem is listed.
+    #[error("invalid config:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+impl Config {
+    /// Parses TOML text (fields not given take their defaults); does not validate.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        Ok(toml::from_str(text)?)
+    }
+
+    /// The embedded default configuration.
+    pub fn embedded_default() -> Config {
+        Config::parse(DEFAULT_CONFIG_TOML).expect("the embedded default config parses")
+    }
+
+    /// Reads and parses a file.
+    pub fn load(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Config::parse(&text)
+    }
+
+    /// The shared listening address (after validation it always parses).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.server.listen.parse().expect("validated listen address")
+    }
+
+    /// The number of cores to run: the configured count, or one per available CPU.
+    pub fn core_count(&self) -> u16 {
+        if self.server.cores > 0 {
+            self.server.cores
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get().min(u16::MAX as usize) as u16)
+        }
+    }
+
+    /// The state machine settings of core `core`.
+    pub fn engine_config(&self, core: u16) -> EngineConfig {
+        EngineConfig {
+            core,
+            cores: self.core_count(),
+            holds_max: self.limits.holds_max_per_core,
+            parked_max: self.limits.parked_reserves_max_per_core,
+            retention_ms: self.limits.reservation_retention_s * 1000,
+            pools_max: self.limits.pools_max,
+        }
+    }
+
+    /// Checks every field and limit; lists all problems at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut check = |ok: bool, problem: String| {
+            if !ok {
+                problems.push(problem);
+            }
+        };
+        let s = &self.server;
+        let l = &self.limits;
+        check(s.listen.parse::<SocketAddr>().is_ok(), format!("server.listen: '{}' is not an address like 127.0.0.1:7400", s.listen));
+        check(s.cores <= 1024, format!("server.cores: {} is above 1024", s.cores));
+        let cores = self.core_count() as u32;
+        check(
+            !s.core_ports || s.core_port_base == 0 || s.core_port_base as u32 + cores - 1 <= u16::MAX as u32,
+            format!("server.core_port_base: {} + {cores} cores runs past port 65535", s.core_port_base),
+        );
+        check((64 << 10..=1 << 30).contains(&s.io_memory_bytes), format!("server.io_memory_bytes: {} is not within 64 KiB..1 GiB", s.io_memory_bytes));
+        check((1..=1000).contains(&s.expiry_tick_ms), format!("server.expiry_tick_ms: {} is not within 1..=1000", s.expiry_tick_ms));
+        check(
+            ["error", "warn", "info", "debug", "trace"].contains(&s.log_level.as_str()),
+            format!("server.log_level: '{}' is not one of error, warn, info, debug, trace", s.log_level),
+        );
+        check(
+            (4096..=64 << 20).contains(&l.frame_size_max_bytes),
+            format!("limits.frame_size_max_bytes: {} is not within 4096..=67108864", l.frame_size_max_bytes),
+        );
+        check(
+            (1..=u16::MAX as u32).contains(&l.batch_operations_max),
+            format!("limits.batch_operations_max: {} is not within 1..=65535", l.batch_operations_max),
+        );
+        let largest_record = ReserveOp::SIZE.max(LookupResult::SIZE) as u64;
+        check(
+            HEADER_SIZE as u64 + l.batch_operations_max as u64 * largest_record <= l.frame_size_max_bytes as u64,
+            format!(
+                "limits.batch_operations_max: {} operations of {largest_record} bytes do not fit in frame_size_max_bytes {}",
+                l.batch_operations_max, l.frame_size_max_bytes
+            ),
+        );
+        for (name, value) in [
+            ("connections_max_per_core", l.connections_max_per_core),
+            ("inflight_frames_max_per_connection", l.inflight_frames_max_per_connection),
+            ("forwarded_operations_max_per_core", l.forwarded_operations_max_per_core),
+            ("mesh_channel_depth_messages", l.mesh_channel_depth_messages),
+            ("holds_max_per_core", l.holds_max_per_core),
+            ("parked_reserves_max_per_core", l.parked_reserves_max_per_core),
+            ("pools_max", l.pools_max),
+        ] {
+            check((1..=1 << 30).contains(&value), format!("limits.{name}: {value} is not within 1..=1073741824"));
+        }
+        check(
+            l.reservation_retention_s <= 30 * 86_400,
+            format!("limits.reservation_retention_s: {} is above 30 days", l.reservation_retention_s),
+        );
+        check(
+            (1..=60_000).contains(&l.busy_retry_after_ms),
+            format!("limits.busy_retry_after_ms: {} is not within 1..=60000", l.busy_retry_after_ms),
+        );
+        check(
+            self.pools.len() as u64 <= l.pools_max as u64,
+            format!("pool: {} pools declared but limits.pools_max is {}", self.pools.len(), l.pools_max),
+        );
+        // Pools are checked by the state machine's own rules, as a creation at runtime is.
+        let mut catalog = Engine::new(
+            EngineConfig { core: 0, cores: 1, holds_max: 1, parked_max: 1, retention_ms: 0, pools_max: u32::MAX },
+            0,
+        );
+        for p in &self.pools {
+            match catalog.validate_pool_create(&p.to_request()) {
+                Ok(def) if def.id as usize <= catalog.pool_count() as usize => {
+                    check(false, format!("pool '{}': declared twice", p.name));
+                }
+                Ok(def) => {
+                    catalog.create_pool(def);
+                }
+                Err(status) => check(false, format!("pool '{}': {status} (name 1-64 printable ASCII without spaces, capacity 1..=2^60, 0 < hold_ttl_s_default <= hold_ttl_s_max)", p.name)),
+            }
+        }
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid_and_declares_demo() {
+        let c = Config::embedded_default();
+        c.validate().unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:7400");
+        assert_eq!(c.pools.len(), 1);
+        assert_eq!(c.pools[0].name, "demo");
+    }
+
+    #[test]
+    fn every_problem_is_listed() {
+        let c = Config::parse(
+            r#"
+            [server]
+            listen = "nowhere"
+            expiry_tick_ms = 0
+            [limits]
+            batch_operations_max = 100000
+            holds_max_per_core = 0
+            [[pool]]
+            name = "a"
+            capacity = 0
+            [[pool]]
+            name = "b"
+            capacity = 5
+            [[pool]]
+            name = "b"
+            capacity = 5
+            "#,
+        )
+        .unwrap();
+        let ConfigError::Invalid(problems) = c.validate().unwrap_err() else { panic!("expected Invalid") };
+        let text = problems.join("\n");
+        for needle in ["server.listen", "server.expiry_tick_ms", "batch_operations_max", "holds_max_per_core", "pool 'a'", "pool 'b': declared twice"] {
+            assert!(text.contains(needle), "missing {needle} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        assert!(matches!(Config::parse("[limits]\nframe_size_max = 5"), Err(ConfigError::Parse(_))));
+    }
+
+    #[test]
+    fn shipped_examples_are_valid() {
+        for file in ["configs/default.toml", "configs/flash-sale.toml", "configs/telecom.toml"] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+            let c = Config::load(&path).unwrap_or_else(|e| panic!("{file}: {e}"));
+            c.validate().unwrap_or_else(|e| panic!("{file}: {e}"));
+        }
+    }
+}

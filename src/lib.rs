@@ -1,0 +1,29 @@
+//! # shardcap
+//!
+//! A capacity allocation server: a fixed amount of something (seats, stock, slots) is handed
+//! out to many users at line rate, and never more than exists.
+//!
+//! The modules follow the path of a request:
+//!
+//! - [`protocol`]: frame header, operation records, status codes, the frame parser and the
+//!   user-to-core hash. No I/O; shared by the server and the client.
+//! - `net` (feature `server`): listeners and connections on glommio's io_uring sockets.
+//! - `runtime` (feature `server`): one pinned executor per core, the mesh of channels
+//!   between cores, routing of operations to their user's home core, the borrowing traffic.
+//! - [`shard`]: the pure, deterministic state machine of one core — pools, shards, holds,
+//!   expiry and the borrowing protocol. `apply(state, now, command) -> outcome`, no I/O.
+//! - [`client`]: a blocking client with pipelining, over [`protocol`].
+//! - [`config`] (feature `server`): the TOML configuration with every limit and its unit.
+
+pub mod client;
+pub mod protocol;
+pub mod shard;
+
+#[cfg(feature = "server")]
+pub mod cli;
+#[cfg(feature = "server")]
+pub mod config;
+#[cfg(feature = "server")]
+pub mod net;
+#[cfg(feature = "server")]
+pub mod runtime;

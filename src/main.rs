@@ -1,0 +1,57 @@
+//! `shardcap`: args → config → start. The server runs on the embedded default config when
+//! given no flags; every other subcommand is a client of the binary protocol.
+
+use std::io::Write;
+
+use clap::Parser;
+use shardcap::cli::{Cli, Command, run_client, serve_config};
+use tracing_subscriber::EnvFilter;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            if let Err(e) = serve(&args) {
+                eprintln!("error: {e:#}");
+                std::process::exit(2);
+            }
+        }
+        command => {
+            if let Err(failure) = run_client(command) {
+                if !failure.message.is_empty() {
+                    eprintln!("error: {}", failure.message);
+                }
+                std::process::exit(failure.code);
+            }
+        }
+    }
+}
+
+fn serve(args: &shardcap::cli::ServeArgs) -> anyhow::Result<()> {
+    let config = serve_config(args)?;
+    let filter = EnvFilter::try_from_env("SHARDCAP_LOG").unwrap_or_else(|_| EnvFilter::new(&config.server.log_level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    if let Some(dir) = &config.server.data_dir {
+        tracing::warn!(data_dir = %dir.display(), "this version keeps its state in memory only; nothing is written to data_dir yet");
+    }
+    let pools: Vec<&str> = config.pools.iter().map(|p| p.name.as_str()).collect();
+    tracing::info!(
+        listen = %config.server.listen,
+        cores = config.core_count(),
+        pinned = config.server.pin_cores,
+        holds_max_per_core = config.limits.holds_max_per_core,
+        pools = ?pools,
+        "starting"
+    );
+    shardcap::runtime::run(config, |ready| {
+        let ports: Vec<String> = ready.core_ports.iter().map(u16::to_string).collect();
+        tracing::info!(listen = %ready.listen, cores = ready.cores, core_ports = ?ready.core_ports, "ready");
+        // One line on stdout that scripts and tests can wait for.
+        println!("shardcap ready: listen={} cores={} core_ports={}", ready.listen, ready.cores, ports.join(","));
+        let _ = std::io::stdout().flush();
+    })?;
+    Ok(())
+}

@@ -1,0 +1,480 @@
+//! One client connection: read whatever bytes have arrived, answer every whole frame in
+//! them, write all the answers with one write.
+//!
+//! How it works: operations of users homed on this core are applied inline and their
+//! results written straight into the output buffer, so a pipelined batch costs one read
+//! and one write whatever its size. Operations of users homed elsewhere are collected per
+//! core and sent in one message per core per read (the proxy hop); reserves that wait for
+//! borrowed capacity and control requests that ask every core complete later. A frame
+//! with such parts waits in a pending slot until its last result arrives through the
+//! connection's mailbox; frames are answered when complete, so responses may overtake one
+//! another and clients match them by request id.
+//!
+//! A partial frame waits for the rest of its bytes. A frame that breaks the protocol gets
+//! an error frame with its status, after which the connection is closed; other
+//! connections are not affected.
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::Poll;
+
+use futures_lite::{AsyncRead, AsyncWriteExt};
+use glommio::net::TcpStream;
+
+use crate::protocol::control::{
+    self, PoolCreate, PoolListRequest, PoolRef, PoolSetActive, PoolStatus, ShardStatus, put_prefix,
+};
+use crate::protocol::ops::ReservedNotZero;
+use crate::protocol::{
+    ConfirmOp, ExtendOp, FLAG_MORE, FrameLimits, HEADER_SIZE, Header, LookupOp, Opcode, ReleaseOp, ReserveOp, Status,
+    append_error_frame, next_frame,
+};
+use crate::runtime::core::{ConnEvent, ConnShared, CoreRuntime};
+use crate::runtime::mesh::{FrameRef, Op, OpOutput, RpcReq, RpcResp};
+
+const READ_BUFFER_BYTES: usize = 64 << 10;
+
+/// A frame waiting for results from other cores or parked reserves.
+struct PendingFrame {
+    /// Header and result records, filled in as results arrive.
+    bytes: Vec<u8>,
+    /// Size of one result record.
+    record_size: usize,
+    /// Results still missing.
+    remaining: u32,
+}
+
+enum Wake {
+    Data(usize),
+    Eof,
+    Events,
+    Failed,
+}
+
+/// Serves one accepted connection until the client closes it or breaks the protocol.
+pub async fn serve(core: Rc<CoreRuntime>, mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let Some((id, shared)) = core.open_connection() else {
+        let mut out = Vec::new();
+        let mut h = Header::response(Opcode::Error as u8, 0, Status::Busy, 0, 0);
+        h.retry_after_ms = core.config.limits.busy_retry_after_ms;
+        let message = b"connections_max_per_core reached";
+        h.body_len = message.len() as u32;
+        h.append_to(&mut out);
+        out.extend_from_slice(message);
+        let _ = stream.write_all(&out).await;
+        let _ = stream.close().await;
+        return;
+    };
+    let limits = &core.config.limits;
+    let mut conn = Connection {
+        limits: FrameLimits {
+            frame_size_max_bytes: limits.frame_size_max_bytes,
+            batch_operations_max: limits.batch_operations_max,
+        },
+        inflight_max: limits.inflight_frames_max_per_connection,
+        core: core.clone(),
+        id,
+        shared,
+        inbuf: vec![0; READ_BUFFER_BYTES],
+        start: 0,
+        end: 0,
+        out: Vec::with_capacity(READ_BUFFER_BYTES),
+        pending: Vec::new(),
+        free: Vec::new(),
+        forwards: (0..core.cores).map(|_| Vec::new()).collect(),
+        events: Vec::new(),
+        eof: false,
+        closing: false,
+    };
+    conn.run(&mut stream).await;
+    let _ = stream.close().await;
+    core.close_connection(id);
+}
+
+struct Connection {
+    core: Rc<CoreRuntime>,
+    limits: FrameLimits,
+    inflight_max: u32,
+    id: u64,
+    shared: Rc<ConnShared>,
+    inbuf: Vec<u8>,
+    start: usize,
+    end: usize,
+    out: Vec<u8>,
+    pending: Vec<Option<PendingFrame>>,
+    free: Vec<u32>,
+    forwards: Vec<Vec<(FrameRef, Op)>>,
+    events: Vec<ConnEvent>,
+    eof: bool,
+    closing: bool,
+}
+
+impl Connection {
+    fn inflight(&self) -> u32 {
+        (self.pending.len() - self.free.len()) as u32
+    }
+
+    async fn run(&mut self, stream: &mut TcpStream) {
+        loop {
+            if self.eof && self.inflight() == 0 {
+                return;
+            }
+            let wake = {
+                let shared = &self.shared;
+                let eof = self.eof;
+                let buf = &mut self.inbuf[self.end..];
+                poll_fn(|cx| {
+                    if shared.has_events() {
+                        return Poll::Ready(Wake::Events);
+                    }
+                    shared.set_waker(cx.waker());
+                    if eof {
+                        return Poll::Pending;
+                    }
+                    match Pin::new(&mut *stream).poll_read(cx, buf) {
+                        Poll::Ready(Ok(0)) => Poll::Ready(Wake::Eof),
+                        Poll::Ready(Ok(n)) => Poll::Ready(Wake::Data(n)),
+                        Poll::Ready(Err(_)) => Poll::Ready(Wake::Failed),
+                        Poll::Pending => Poll::Pending,
+                    }
+                })
+                .await
+            };
+            match wake {
+                Wake::Data(n) => {
+                    self.end += n;
+                    self.process_input();
+                }
+                Wake::Eof => self.eof = true,
+                Wake::Events => {}
+                Wake::Failed => return,
+            }
+            self.send_forwards();
+            self.core.flush_engine();
+            self.apply_events();
+            if !self.out.is_empty() {
+                if stream.write_all(&self.out).await.is_err() {
+                    return;
+                }
+                self.out.clear();
+            }
+            if self.closing {
+                return;
+            }
+        }
+    }
+
+    /// Answers every whole frame in the input buffer.
+    fn process_input(&mut self) {
+        let buf = std::mem::take(&mut self.inbuf);
+        loop {
+            match next_frame(&buf[self.start..self.end], &self.limits) {
+                Ok(None) => break,
+                Ok(Some((header, len))) => {
+                    let body = &buf[self.start + HEADER_SIZE..self.start + len];
+                    self.start += len;
+                    self.core.count_frame();
+                    if let Err(status) = self.handle_frame(&header, body) {
+                        append_error_frame(&mut self.out, header.request_id, status, "malformed body");
+                        self.closing = true;
+                        break;
+                    }
+                }
+                Err(e) => {
+                    append_error_frame(&mut self.out, e.request_id, e.status, e.message);
+                    self.closing = true;
+                    break;
+                }
+            }
+        }
+        self.inbuf = buf;
+        // Keep the unread tail at the front, and make room for a frame larger than the buffer.
+        if self.start > 0 {
+            self.inbuf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end >= HEADER_SIZE {
+            let body_len = u32::from_le_bytes(self.inbuf[16..20].try_into().unwrap()) as usize;
+            let needed = HEADER_SIZE + body_len;
+            if needed > self.inbuf.len() {
+                self.inbuf.resize(needed, 0);
+            }
+        }
+    }
+
+    /// Answers one frame; `Err(status)` closes the connection with that status.
+    fn handle_frame(&mut self, header: &Header, body: &[u8]) -> Result<(), Status> {
+        let opcode = header.opcode().expect("checked by the parser");
+        let id = header.request_id;
+        if self.inflight() >= self.inflight_max && !matches!(opcode, Opcode::Hello | Opcode::Ping) {
+            let mut h = Header::response(opcode as u8, id, Status::Busy, 0, 0);
+            h.retry_after_ms = self.core.config.limits.busy_retry_after_ms;
+            h.append_to(&mut self.out);
+            return Ok(());
+        }
+        match opcode {
+            Opcode::Hello => {
+                let mut body = Vec::new();
+                put_prefix(&mut body, Status::Ok);
+                self.core.hello().encode(&mut body);
+                self.respond(opcode, id, 1, &body);
+            }
+            Opcode::Ping => Header::response(opcode as u8, id, Status::Ok, 0, 0).append_to(&mut self.out),
+            Opcode::Reserve => self.batch(header, body, |b| ReserveOp::decode(b).map(Op::Reserve))?,
+            Opcode::Confirm => self.batch(header, body, |b| ConfirmOp::decode(b).map(Op::Confirm))?,
+            Opcode::Release => self.batch(header, body, |b| ReleaseOp::decode(b).map(Op::Release))?,
+            Opcode::Extend => self.batch(header, body, |b| ExtendOp::decode(b).map(Op::Extend))?,
+            Opcode::Lookup => self.batch(header, body, |b| LookupOp::decode(b).map(Op::Lookup))?,
+            Opcode::PoolList => {
+                let req = PoolListRequest::decode(body).map_err(|_| Status::MalformedBody)?;
+                let fit = (self.limits.frame_size_max_bytes as usize - HEADER_SIZE - control::CONTROL_PREFIX_SIZE)
+                    / (control::PoolInfo::FIXED_SIZE + control::POOL_NAME_MAX_BYTES);
+                let limit = if req.limit == 0 { fit } else { (req.limit as usize).min(fit) };
+                let (infos, more) = self.core.pool_page(req.start_after, limit);
+                let mut body = Vec::new();
+                put_prefix(&mut body, Status::Ok);
+                for info in &infos {
+                    info.encode(&mut body);
+                }
+                let mut h = Header::response(opcode as u8, id, Status::Ok, infos.len() as u16, body.len() as u32);
+                if more {
+                    h.flags |= FLAG_MORE;
+                }
+                h.append_to(&mut self.out);
+                self.out.extend_from_slice(&body);
+            }
+            Opcode::PoolStatus => {
+                let pool_ref = PoolRef::decode(body).map_err(|_| Status::MalformedBody)?;
+                match self.core.pool_info(pool_ref.id, &pool_ref.name) {
+                    None => self.respond_status(opcode, id, Status::PoolNotFound),
+                    Some(info) => self.control(opcode, id, move |core| async move {
+                        let shards: Vec<ShardStatus> = core
+                            .gather(RpcReq::ShardStatus { pool: info.id })
+                            .await
+                            .into_iter()
+                            .map(|r| match r {
+                                RpcResp::Shard(Some(s)) => s,
+                                _ => ShardStatus::default(),
+                            })
+                            .collect();
+                        let status = PoolStatus { info, shards };
+                        if !status.conserved() {
+                            tracing::error!(pool = status.info.id, "capacity not conserved: {status:?}");
+                        }
+                        let mut body = Vec::new();
+                        put_prefix(&mut body, Status::Ok);
+                        status.encode(&mut body);
+                        body
+                    }),
+                }
+            }
+            Opcode::PoolCreate => {
+                let req = PoolCreate::decode(body).map_err(|_| Status::MalformedBody)?;
+                self.control(opcode, id, move |core| async move {
+                    pool_answer(core.rpc(0, RpcReq::CreatePool(req)).await)
+                });
+            }
+            Opcode::PoolSetActive => {
+                let req = PoolSetActive::decode(body).map_err(|_| Status::MalformedBody)?;
+                self.control(opcode, id, move |core| async move {
+                    pool_answer(core.rpc(0, RpcReq::SetActive { pool: req.pool, active: req.active }).await)
+                });
+            }
+            Opcode::ServerStats => self.control(opcode, id, |core| async move {
+                let stats: Vec<_> = core
+                    .gather(RpcReq::Stats)
+                    .await
+                    .into_iter()
+                    .filter_map(|r| if let RpcResp::Stats(s) = r { Some(s) } else { None })
+                    .collect();
+                let mut body = Vec::new();
+                put_prefix(&mut body, Status::Ok);
+                control::encode_stats(&stats, &mut body);
+                body
+            }),
+            Opcode::Error => unreachable!("refused by the parser"),
+        }
+        Ok(())
+    }
+
+    fn respond(&mut self, opcode: Opcode, id: u64, count: u16, body: &[u8]) {
+        Header::response(opcode as u8, id, Status::Ok, count, body.len() as u32).append_to(&mut self.out);
+        self.out.extend_from_slice(body);
+    }
+
+    fn respond_status(&mut self, opcode: Opcode, id: u64, status: Status) {
+        let mut body = Vec::new();
+        put_prefix(&mut body, status);
+        self.respond(opcode, id, 1, &body);
+    }
+
+    /// Runs a control request in its own task; its response frame completes a pending slot.
+    fn control<F, Fut>(&mut self, opcode: Opcode, id: u64, make_body: F)
+    where
+        F: FnOnce(Rc<CoreRuntime>) -> Fut + 'static,
+        Fut: std::future::Future<Output = Vec<u8>> + 'static,
+    {
+        let slot = self.alloc_pending(PendingFrame { bytes: Vec::new(), record_size: 0, remaining: 1 });
+        let core = self.core.clone();
+        let conn = self.id;
+        glommio::spawn_local(async move {
+            let body = make_body(core.clone()).await;
+            let mut bytes = Vec::with_capacity(HEADER_SIZE + body.len());
+            Header::response(opcode as u8, id, Status::Ok, 1, body.len() as u32).append_to(&mut bytes);
+            bytes.extend_from_slice(&body);
+            core.deliver_frame(conn, slot, bytes);
+        })
+        .detach();
+    }
+
+    fn alloc_pending(&mut self, frame: PendingFrame) -> u32 {
+        match self.free.pop() {
+            Some(slot) => {
+                self.pending[slot as usize] = Some(frame);
+                slot
+            }
+            None => {
+                self.pending.push(Some(frame));
+                (self.pending.len() - 1) as u32
+            }
+        }
+    }
+
+    fn finish_pending(&mut self, slot: u32) {
+        let frame = self.pending[slot as usize].take().expect("pending frame");
+        self.out.extend_from_slice(&frame.bytes);
+        self.free.push(slot);
+    }
+
+    /// A batch of one kind of operation: local ones applied now, others forwarded.
+    fn batch(
+        &mut self,
+        header: &Header,
+        body: &[u8],
+        decode: impl Fn(&[u8]) -> Result<Op, ReservedNotZero>,
+    ) -> Result<(), Status> {
+        let opcode = header.opcode().expect("checked");
+        let in_size = opcode.request_record_size().expect("batch opcode");
+        let out_size = opcode.response_record_size().expect("batch opcode");
+        let count = header.op_count as usize;
+        // Refuse the whole frame before applying any of it.
+        if body.chunks_exact(in_size).any(|rec| decode(rec).is_err()) {
+            return Err(Status::ReservedNotZero);
+        }
+        let base = self.out.len();
+        let body_len = count * out_size;
+        Header::response(opcode as u8, header.request_id, Status::Ok, count as u16, body_len as u32)
+            .append_to(&mut self.out);
+        self.out.resize(base + HEADER_SIZE + body_len, 0);
+        let now = self.core.now_ms();
+        let mut slot: Option<u32> = None;
+        let mut waiting = 0u32;
+        for (index, rec) in body.chunks_exact(in_size).enumerate() {
+            let op = decode(rec).expect("validated above");
+            let at_offset = base + HEADER_SIZE + index * out_size;
+            let frame = *slot.get_or_insert_with(|| self.reserve_slot());
+            let at = FrameRef { conn: self.id, frame, index: index as u16 };
+            if let Op::Lookup(lookup) = op {
+                if lookup.user == 0 && lookup.id != 0 {
+                    waiting += 1;
+                    let core = self.core.clone();
+                    glommio::spawn_local(async move {
+                        let result = core.lookup_everywhere(lookup).await;
+                        core.deliver_op(at, OpOutput::Lookup(result));
+                    })
+                    .detach();
+                    continue;
+                }
+            }
+            let home = self.core.home_of(op.user());
+            if home == self.core.core || op.user() == 0 {
+                match self.core.apply_local(now, op, at) {
+                    Some(output) => output.encode(&mut self.out[at_offset..at_offset + out_size]),
+                    None => waiting += 1,
+                }
+            } else if self.core.admit_forwards(1) {
+                self.forwards[home as usize].push((at, op));
+                waiting += 1;
+            } else {
+                busy_output(opcode).encode(&mut self.out[at_offset..at_offset + out_size]);
+            }
+        }
+        let slot = slot.expect("a batch has at least one operation");
+        if waiting == 0 {
+            self.release_slot(slot);
+        } else {
+            let bytes = self.out[base..].to_vec();
+            self.out.truncate(base);
+            self.pending[slot as usize] = Some(PendingFrame { bytes, record_size: out_size, remaining: waiting });
+        }
+        Ok(())
+    }
+
+    /// Takes a pending slot for a frame that may need one; released if it completes inline.
+    fn reserve_slot(&mut self) -> u32 {
+        self.alloc_pending(PendingFrame { bytes: Vec::new(), record_size: 0, remaining: 0 })
+    }
+
+    fn release_slot(&mut self, slot: u32) {
+        self.pending[slot as usize] = None;
+        self.free.push(slot);
+    }
+
+    fn send_forwards(&mut self) {
+        for core in 0..self.forwards.len() {
+            if !self.forwards[core].is_empty() {
+                let ops = std::mem::take(&mut self.forwards[core]);
+                self.core.forward(core as u16, ops);
+            }
+        }
+    }
+
+    /// Fills pending frames with the results that arrived; completed frames are answered.
+    fn apply_events(&mut self) {
+        self.shared.take_events(&mut self.events);
+        let mut events = std::mem::take(&mut self.events);
+        for event in events.drain(..) {
+            match event {
+                ConnEvent::Op { at, output } => {
+                    let Some(frame) = self.pending[at.frame as usize].as_mut() else { continue };
+                    let off = HEADER_SIZE + at.index as usize * frame.record_size;
+                    output.encode(&mut frame.bytes[off..off + frame.record_size]);
+                    frame.remaining -= 1;
+                    if frame.remaining == 0 {
+                        self.finish_pending(at.frame);
+                    }
+                }
+                ConnEvent::Frame { frame, bytes } => {
+                    if let Some(p) = self.pending[frame as usize].as_mut() {
+                        p.bytes = bytes;
+                        self.finish_pending(frame);
+                    }
+                }
+            }
+        }
+        self.events = events;
+    }
+}
+
+fn busy_output(opcode: Opcode) -> OpOutput {
+    match opcode {
+        Opcode::Lookup => OpOutput::Lookup(crate::protocol::LookupResult::status(Status::Busy)),
+        _ => OpOutput::Op(CoreRuntime::busy()),
+    }
+}
+
+fn pool_answer(resp: RpcResp) -> Vec<u8> {
+    let mut body = Vec::new();
+    match resp {
+        RpcResp::Pool(Ok(info)) => {
+            put_prefix(&mut body, Status::Ok);
+            info.encode(&mut body);
+        }
+        RpcResp::Pool(Err(status)) => put_prefix(&mut body, status),
+        _ => put_prefix(&mut body, Status::InternalError),
+    }
+    body
+}

@@ -1,0 +1,631 @@
+//! Bodies of the control operations: handshake, pool management, pool status and server
+//! statistics. These are not on the hot path; several carry a variable-length pool name.
+//!
+//! Every control response body starts with an 8-byte result prefix — status u8, then 7
+//! reserved bytes — followed by the payload when the status is `ok`.
+
+use super::ops::{u16_at, u32_at, u64_at};
+use super::status::Status;
+
+/// The longest pool name in bytes.
+pub const POOL_NAME_MAX_BYTES: usize = 64;
+/// Size of the result prefix of control responses.
+pub const CONTROL_PREFIX_SIZE: usize = 8;
+/// The user-hash function id announced in the handshake: XXH3-64 of the 16 little-endian
+/// bytes of the user id, then Lamping–Veach jump consistent hash over the core count.
+pub const USER_HASH_XXH3_JUMP: u8 = 1;
+
+/// A control body that could not be decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Malformed;
+
+/// Appends the 8-byte result prefix.
+pub fn put_prefix(out: &mut Vec<u8>, status: Status) {
+    out.push(status as u8);
+    out.extend_from_slice(&[0; 7]);
+}
+
+/// Splits a control response body into its status and payload.
+pub fn split_prefix(body: &[u8]) -> Result<(Status, &[u8]), Malformed> {
+    if body.len() < CONTROL_PREFIX_SIZE {
+        return Err(Malformed);
+    }
+    let status = Status::from_u8(body[0]).ok_or(Malformed)?;
+    Ok((status, &body[CONTROL_PREFIX_SIZE..]))
+}
+
+/// Checks a pool name: 1 to 64 bytes of printable ASCII without spaces.
+pub fn valid_pool_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= POOL_NAME_MAX_BYTES && name.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The handshake answer: topology and limits.
+///
+/// Payload: protocol_version u8 @0, user_hash u8 @1, core_count u16 @2, this_core u16 @4,
+/// shared_port u16 @6, frame_size_max_bytes u32 @8, batch_operations_max u32 @12,
+/// inflight_frames_max u32 @16, reserved u32 @20, then `core_count` × u16 core ports
+/// (0 where a core has no port of its own).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// Protocol version ([`super::VERSION`]).
+    pub protocol_version: u8,
+    /// User-hash function id ([`USER_HASH_XXH3_JUMP`]).
+    pub user_hash: u8,
+    /// Number of cores (shards per pool).
+    pub core_count: u16,
+    /// The core that answered on this connection.
+    pub this_core: u16,
+    /// The shared data port (served by every core).
+    pub shared_port: u16,
+    /// Largest frame the server accepts, header included.
+    pub frame_size_max_bytes: u32,
+    /// Most records in one batch frame.
+    pub batch_operations_max: u32,
+    /// Most frames in flight on one connection.
+    pub inflight_frames_max: u32,
+    /// Each core's own port, by core index; 0 when none.
+    pub core_ports: Vec<u16>,
+}
+
+impl Hello {
+    /// Appends the payload.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.push(self.protocol_version);
+        out.push(self.user_hash);
+        out.extend_from_slice(&self.core_count.to_le_bytes());
+        out.extend_from_slice(&self.this_core.to_le_bytes());
+        out.extend_from_slice(&self.shared_port.to_le_bytes());
+        out.extend_from_slice(&self.frame_size_max_bytes.to_le_bytes());
+        out.extend_from_slice(&self.batch_operations_max.to_le_bytes());
+        out.extend_from_slice(&self.inflight_frames_max.to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        for p in &self.core_ports {
+            out.extend_from_slice(&p.to_le_bytes());
+        }
+    }
+    /// Decodes a payload.
+    pub fn decode(b: &[u8]) -> Result<Self, Malformed> {
+        if b.len() < 24 {
+            return Err(Malformed);
+        }
+        let core_count = u16_at(b, 2);
+        if b.len() != 24 + 2 * core_count as usize {
+            return Err(Malformed);
+        }
+        Ok(Hello {
+            protocol_version: b[0],
+            user_hash: b[1],
+            core_count,
+            this_core: u16_at(b, 4),
+            shared_port: u16_at(b, 6),
+            frame_size_max_bytes: u32_at(b, 8),
+            batch_operations_max: u32_at(b, 12),
+            inflight_frames_max: u32_at(b, 16),
+            core_ports: (0..core_count as usize).map(|i| u16_at(b, 24 + 2 * i)).collect(),
+        })
+    }
+}
+
+/// The kind of a pool: counted units, or named seats (seated pools arrive in a later version).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PoolKind {
+    /// Interchangeable units counted by quantity.
+    Counted = 0,
+    /// Named seats in sections and rows (not yet available: creation answers `unsupported`).
+    Seated = 1,
+}
+
+impl PoolKind {
+    /// Decodes a kind byte.
+    pub fn from_u8(b: u8) -> Option<Self> {
+        match b {
+            0 => Some(PoolKind::Counted),
+            1 => Some(PoolKind::Seated),
+            _ => None,
+        }
+    }
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            PoolKind::Counted => "counted",
+            PoolKind::Seated => "seated",
+        }
+    }
+}
+
+/// Request to create a pool.
+///
+/// Body: capacity u64 @0, hold_ttl_ms_default u32 @8, hold_ttl_ms_max u32 @12, kind u8 @16,
+/// active u8 @17, name_len u8 @18, reserved 5 bytes @19, name (`name_len` bytes) @24.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolCreate {
+    /// Unique pool name.
+    pub name: String,
+    /// Total units.
+    pub capacity: u64,
+    /// TTL of a hold whose reserve asks for 0, in milliseconds.
+    pub hold_ttl_ms_default: u32,
+    /// Longest TTL a reserve or extend may ask for, in milliseconds.
+    pub hold_ttl_ms_max: u32,
+    /// Counted or seated.
+    pub kind: u8,
+    /// Whether reserves are accepted from the start.
+    pub active: bool,
+}
+
+impl PoolCreate {
+    /// Appends the body.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.capacity.to_le_bytes());
+        out.extend_from_slice(&self.hold_ttl_ms_default.to_le_bytes());
+        out.extend_from_slice(&self.hold_ttl_ms_max.to_le_bytes());
+        out.push(self.kind);
+        out.push(self.active as u8);
+        out.push(self.name.len().min(255) as u8);
+        out.extend_from_slice(&[0; 5]);
+        out.extend_from_slice(self.name.as_bytes());
+    }
+    /// Decodes a body; the name is checked for UTF-8 here and for validity by the server.
+    pub fn decode(b: &[u8]) -> Result<Self, Malformed> {
+        if b.len() < 24 || b[19..24] != [0; 5] || b[17] > 1 {
+            return Err(Malformed);
+        }
+        let name_len = b[18] as usize;
+        if b.len() != 24 + name_len {
+            return Err(Malformed);
+        }
+        let name = std::str::from_utf8(&b[24..]).map_err(|_| Malformed)?.to_owned();
+        Ok(PoolCreate {
+            name,
+            capacity: u64_at(b, 0),
+            hold_ttl_ms_default: u32_at(b, 8),
+            hold_ttl_ms_max: u32_at(b, 12),
+            kind: b[16],
+            active: b[17] == 1,
+        })
+    }
+}
+
+/// A pool's definition as reported by the server.
+///
+/// Layout: id u32 @0, kind u8 @4, active u8 @5, name_len u8 @6, reserved u8 @7,
+/// capacity u64 @8, hold_ttl_ms_default u32 @16, hold_ttl_ms_max u32 @20, home_core u16 @24,
+/// reserved 6 bytes @26, name @32.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolInfo {
+    /// Pool id (from 1).
+    pub id: u32,
+    /// Unique name.
+    pub name: String,
+    /// [`PoolKind`] byte.
+    pub kind: u8,
+    /// Whether new reserves are accepted.
+    pub active: bool,
+    /// Total units.
+    pub capacity: u64,
+    /// Default hold TTL in milliseconds.
+    pub hold_ttl_ms_default: u32,
+    /// Maximum hold TTL in milliseconds.
+    pub hold_ttl_ms_max: u32,
+    /// The core that coordinates borrowing for this pool.
+    pub home_core: u16,
+}
+
+impl PoolInfo {
+    /// Fixed part of the encoding, before the name.
+    pub const FIXED_SIZE: usize = 32;
+    /// Appends the encoding.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.id.to_le_bytes());
+        out.push(self.kind);
+        out.push(self.active as u8);
+        out.push(self.name.len() as u8);
+        out.push(0);
+        out.extend_from_slice(&self.capacity.to_le_bytes());
+        out.extend_from_slice(&self.hold_ttl_ms_default.to_le_bytes());
+        out.extend_from_slice(&self.hold_ttl_ms_max.to_le_bytes());
+        out.extend_from_slice(&self.home_core.to_le_bytes());
+        out.extend_from_slice(&[0; 6]);
+        out.extend_from_slice(self.name.as_bytes());
+    }
+    /// Decodes one entry from the front of `b`; returns it and the bytes it used.
+    pub fn decode(b: &[u8]) -> Result<(Self, usize), Malformed> {
+        if b.len() < Self::FIXED_SIZE {
+            return Err(Malformed);
+        }
+        let name_len = b[6] as usize;
+        let end = Self::FIXED_SIZE + name_len;
+        if b.len() < end {
+            return Err(Malformed);
+        }
+        let name = std::str::from_utf8(&b[Self::FIXED_SIZE..end]).map_err(|_| Malformed)?.to_owned();
+        Ok((
+            PoolInfo {
+                id: u32_at(b, 0),
+                name,
+                kind: b[4],
+                active: b[5] == 1,
+                capacity: u64_at(b, 8),
+                hold_ttl_ms_default: u32_at(b, 16),
+                hold_ttl_ms_max: u32_at(b, 20),
+                home_core: u16_at(b, 24),
+            },
+            end,
+        ))
+    }
+}
+
+/// Names a pool by id, or by name when the id is 0.
+///
+/// Body: pool_id u32 @0, name_len u8 @4, reserved 3 bytes @5, name @8.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolRef {
+    /// Pool id, or 0 to use `name`.
+    pub id: u32,
+    /// Pool name when `id` is 0.
+    pub name: String,
+}
+
+impl PoolRef {
+    /// Appends the body.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.id.to_le_bytes());
+        out.push(self.name.len().min(255) as u8);
+        out.extend_from_slice(&[0; 3]);
+        out.extend_from_slice(self.name.as_bytes());
+    }
+    /// Decodes a body.
+    pub fn decode(b: &[u8]) -> Result<Self, Malformed> {
+        if b.len() < 8 || b[5..8] != [0; 3] {
+            return Err(Malformed);
+        }
+        let name_len = b[4] as usize;
+        if b.len() != 8 + name_len {
+            return Err(Malformed);
+        }
+        let name = std::str::from_utf8(&b[8..]).map_err(|_| Malformed)?.to_owned();
+        Ok(PoolRef { id: u32_at(b, 0), name })
+    }
+}
+
+/// One core's shard of a pool.
+///
+/// Layout (48 bytes): core u16 @0, flags u8 @2 (bit 0 drained, bit 1 home, bit 2 recalling),
+/// reserved u8 @3, parked u32 @4, capacity u64 @8, held u64 @16, confirmed u64 @24,
+/// lent u64 @32, borrowed u64 @40.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShardStatus {
+    /// Core index.
+    pub core: u16,
+    /// `SHARD_FLAG_*` bits.
+    pub flags: u8,
+    /// Reserves waiting on this shard for borrowed capacity.
+    pub parked: u32,
+    /// Units this shard currently owns.
+    pub capacity: u64,
+    /// Units held by live holds.
+    pub held: u64,
+    /// Units confirmed.
+    pub confirmed: u64,
+    /// Units this shard has sent to other shards, ever.
+    pub lent: u64,
+    /// Units this shard has received from other shards, ever.
+    pub borrowed: u64,
+}
+
+/// Shard flag: the pool is drained (its free capacity is gathered at the home core).
+pub const SHARD_FLAG_DRAINED: u8 = 1 << 0;
+/// Shard flag: this core is the pool's home (it coordinates borrowing).
+pub const SHARD_FLAG_HOME: u8 = 1 << 1;
+/// Shard flag: the home core is recalling free capacity from the other shards.
+pub const SHARD_FLAG_RECALLING: u8 = 1 << 2;
+
+impl ShardStatus {
+    /// Wire size in bytes.
+    pub const SIZE: usize = 48;
+    /// Units free on this shard.
+    pub fn available(&self) -> u64 {
+        self.capacity.saturating_sub(self.held + self.confirmed)
+    }
+    /// Appends the encoding.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.core.to_le_bytes());
+        out.push(self.flags);
+        out.push(0);
+        out.extend_from_slice(&self.parked.to_le_bytes());
+        for v in [self.capacity, self.held, self.confirmed, self.lent, self.borrowed] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    /// Decodes from `b` (at least `SIZE` bytes).
+    pub fn decode(b: &[u8]) -> Self {
+        ShardStatus {
+            core: u16_at(b, 0),
+            flags: b[2],
+            parked: u32_at(b, 4),
+            capacity: u64_at(b, 8),
+            held: u64_at(b, 16),
+            confirmed: u64_at(b, 24),
+            lent: u64_at(b, 32),
+            borrowed: u64_at(b, 40),
+        }
+    }
+}
+
+/// A pool's status: its definition and every core's shard.
+///
+/// Payload: shard_count u16 @0, reserved 6 bytes @2, then `shard_count` × [`ShardStatus`],
+/// then the [`PoolInfo`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// The definition.
+    pub info: PoolInfo,
+    /// One entry per core, by core index.
+    pub shards: Vec<ShardStatus>,
+}
+
+impl PoolStatus {
+    /// Units held across all shards.
+    pub fn held(&self) -> u64 {
+        self.shards.iter().map(|s| s.held).sum()
+    }
+    /// Units confirmed across all shards.
+    pub fn confirmed(&self) -> u64 {
+        self.shards.iter().map(|s| s.confirmed).sum()
+    }
+    /// Units free across all shards.
+    pub fn available(&self) -> u64 {
+        self.shards.iter().map(|s| s.available()).sum()
+    }
+    /// Units in transit between cores when the shards were read: lent minus borrowed.
+    /// Shards are read one after the other, so a transfer completed between two reads can
+    /// make this negative; `capacity_sum + in_flight` equals the pool capacity regardless.
+    pub fn in_flight(&self) -> i128 {
+        self.shards.iter().map(|s| s.lent as i128 - s.borrowed as i128).sum()
+    }
+    /// Sum of the shards' capacities.
+    pub fn capacity_sum(&self) -> u64 {
+        self.shards.iter().map(|s| s.capacity).sum()
+    }
+    /// Capacity conservation: shard capacities plus units in transit equal the pool capacity.
+    pub fn conserved(&self) -> bool {
+        self.capacity_sum() as i128 + self.in_flight() == self.info.capacity as i128
+    }
+    /// Appends the payload.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(self.shards.len() as u16).to_le_bytes());
+        out.extend_from_slice(&[0; 6]);
+        for s in &self.shards {
+            s.encode(out);
+        }
+        self.info.encode(out);
+    }
+    /// Decodes a payload.
+    pub fn decode(b: &[u8]) -> Result<Self, Malformed> {
+        if b.len() < 8 {
+            return Err(Malformed);
+        }
+        let n = u16_at(b, 0) as usize;
+        let shards_end = 8 + n * ShardStatus::SIZE;
+        if b.len() < shards_end {
+            return Err(Malformed);
+        }
+        let shards = (0..n).map(|i| ShardStatus::decode(&b[8 + i * ShardStatus::SIZE..])).collect();
+        let (info, used) = PoolInfo::decode(&b[shards_end..])?;
+        if shards_end + used != b.len() {
+            return Err(Malformed);
+        }
+        Ok(PoolStatus { info, shards })
+    }
+}
+
+/// Request for a page of pools.
+///
+/// Body (8 bytes): start_after u32 @0 (list pools with a larger id), limit u16 @4 (0: as
+/// many as fit in a frame), reserved u16 @6. The response payload is `op_count` ×
+/// [`PoolInfo`] back to back; the header flag `MORE` says whether more follow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolListRequest {
+    /// List pools whose id is greater than this.
+    pub start_after: u32,
+    /// At most this many (0: as many as fit).
+    pub limit: u16,
+}
+
+impl PoolListRequest {
+    /// Body size.
+    pub const SIZE: usize = 8;
+    /// Appends the body.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.start_after.to_le_bytes());
+        out.extend_from_slice(&self.limit.to_le_bytes());
+        out.extend_from_slice(&[0; 2]);
+    }
+    /// Decodes a body.
+    pub fn decode(b: &[u8]) -> Result<Self, Malformed> {
+        if b.len() != Self::SIZE || b[6..8] != [0; 2] {
+            return Err(Malformed);
+        }
+        Ok(PoolListRequest { start_after: u32_at(b, 0), limit: u16_at(b, 4) })
+    }
+}
+
+/// Request to activate or deactivate a pool.
+///
+/// Body (8 bytes): pool_id u32 @0, active u8 @4 (0 or 1), reserved 3 bytes @5.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolSetActive {
+    /// Pool id.
+    pub pool: u32,
+    /// New state.
+    pub active: bool,
+}
+
+impl PoolSetActive {
+    /// Body size.
+    pub const SIZE: usize = 8;
+    /// Appends the body.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.pool.to_le_bytes());
+        out.push(self.active as u8);
+        out.extend_from_slice(&[0; 3]);
+    }
+    /// Decodes a body.
+    pub fn decode(b: &[u8]) -> Result<Self, Malformed> {
+        if b.len() != Self::SIZE || b[4] > 1 || b[5..8] != [0; 3] {
+            return Err(Malformed);
+        }
+        Ok(PoolSetActive { pool: u32_at(b, 0), active: b[4] == 1 })
+    }
+}
+
+/// Per-core counters (plain integers owned by each core, gathered on request).
+///
+/// Layout (64 bytes): core u16 @0, reserved 6 bytes @2, then u64 counters: connections_open
+/// @8, frames @16, operations @24, forwarded_out @32, forwarded_in @40, borrow_messages @48,
+/// holds_live @56.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CoreStats {
+    /// Core index.
+    pub core: u16,
+    /// Connections open on this core now.
+    pub connections_open: u64,
+    /// Request frames read by this core.
+    pub frames: u64,
+    /// Operations applied on this core (its own users' operations).
+    pub operations: u64,
+    /// Operations this core sent to their users' home cores (the proxy hop).
+    pub forwarded_out: u64,
+    /// Operations other cores sent here.
+    pub forwarded_in: u64,
+    /// Borrowing messages (borrow, grant, recall, return...) this core sent.
+    pub borrow_messages: u64,
+    /// Reservation records in this core's table (held and retained).
+    pub holds_live: u64,
+}
+
+impl CoreStats {
+    /// Wire size in bytes.
+    pub const SIZE: usize = 64;
+    /// Appends the encoding.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.core.to_le_bytes());
+        out.extend_from_slice(&[0; 6]);
+        for v in [
+            self.connections_open,
+            self.frames,
+            self.operations,
+            self.forwarded_out,
+            self.forwarded_in,
+            self.borrow_messages,
+            self.holds_live,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    /// Decodes from `b` (at least `SIZE` bytes).
+    pub fn decode(b: &[u8]) -> Self {
+        CoreStats {
+            core: u16_at(b, 0),
+            connections_open: u64_at(b, 8),
+            frames: u64_at(b, 16),
+            operations: u64_at(b, 24),
+            forwarded_out: u64_at(b, 32),
+            forwarded_in: u64_at(b, 40),
+            borrow_messages: u64_at(b, 48),
+            holds_live: u64_at(b, 56),
+        }
+    }
+}
+
+/// Appends the server-stats payload: core_count u16, reserved 6 bytes, then one
+/// [`CoreStats`] per core.
+pub fn encode_stats(stats: &[CoreStats], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(stats.len() as u16).to_le_bytes());
+    out.extend_from_slice(&[0; 6]);
+    for s in stats {
+        s.encode(out);
+    }
+}
+
+/// Decodes the server-stats payload.
+pub fn decode_stats(b: &[u8]) -> Option<Vec<CoreStats>> {
+    if b.len() < 8 {
+        return None;
+    }
+    let n = u16_at(b, 0) as usize;
+    if b.len() != 8 + n * CoreStats::SIZE {
+        return None;
+    }
+    Some((0..n).map(|i| CoreStats::decode(&b[8 + i * CoreStats::SIZE..])).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_bodies_round_trip() {
+        let h = Hello {
+            protocol_version: 1,
+            user_hash: USER_HASH_XXH3_JUMP,
+            core_count: 2,
+            this_core: 1,
+            shared_port: 7400,
+            frame_size_max_bytes: 1 << 20,
+            batch_operations_max: 8192,
+            inflight_frames_max: 1024,
+            core_ports: vec![7401, 7402],
+        };
+        let mut b = Vec::new();
+        h.encode(&mut b);
+        assert_eq!(Hello::decode(&b), Ok(h));
+
+        let c = PoolCreate {
+            name: "demo".into(),
+            capacity: 1000,
+            hold_ttl_ms_default: 300_000,
+            hold_ttl_ms_max: 900_000,
+            kind: 0,
+            active: true,
+        };
+        let mut b = Vec::new();
+        c.encode(&mut b);
+        assert_eq!(PoolCreate::decode(&b), Ok(c));
+        b.push(b'x');
+        assert_eq!(PoolCreate::decode(&b), Err(Malformed));
+
+        let st = PoolStatus {
+            info: PoolInfo {
+                id: 3,
+                name: "p".into(),
+                kind: 0,
+                active: true,
+                capacity: 10,
+                hold_ttl_ms_default: 1,
+                hold_ttl_ms_max: 2,
+                home_core: 1,
+            },
+            shards: vec![
+                ShardStatus { core: 0, capacity: 4, held: 1, confirmed: 1, lent: 3, ..Default::default() },
+                ShardStatus { core: 1, capacity: 6, held: 2, borrowed: 3, ..Default::default() },
+            ],
+        };
+        let mut b = Vec::new();
+        st.encode(&mut b);
+        let back = PoolStatus::decode(&b).unwrap();
+        assert_eq!(back, st);
+        assert!(back.conserved());
+        assert_eq!(back.available(), 2 + 4);
+    }
+
+    #[test]
+    fn pool_names() {
+        assert!(valid_pool_name("demo"));
+        assert!(valid_pool_name(&"a".repeat(64)));
+        assert!(!valid_pool_name(&"a".repeat(65)));
+        assert!(!valid_pool_name(""));
+        assert!(!valid_pool_name("two words"));
+    }
+}

@@ -1,0 +1,491 @@
+//! One core's runtime: its state machine, its connections' mailboxes, the routing of
+//! operations to their users' home cores, and the handling of messages from other cores.
+//! Everything here is owned by one executor thread: `RefCell`/`Cell`, no locks, no atomics.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::task::Waker;
+
+use glommio::channels::local_channel::LocalSender;
+
+use super::clock::Clock;
+use super::mesh::{FrameRef, MeshMsg, Op, OpOutput, RpcReq, RpcResp};
+use crate::config::Config;
+use crate::protocol::control::{CoreStats, PoolInfo, USER_HASH_XXH3_JUMP};
+use crate::protocol::control::Hello;
+use crate::protocol::{LookupOp, LookupResult, OpResult, Status, VERSION, home_core};
+use crate::shard::cluster::merge_lookups;
+use crate::shard::{Command, Completion, Engine, Envelope, Outcome, Reply};
+
+/// The ports every core serves, known to all cores once they are bound.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Topology {
+    /// The shared data port.
+    pub shared_port: u16,
+    /// Each core's own port (0 when core ports are off).
+    pub core_ports: Vec<u16>,
+}
+
+/// A result delivered to a connection after its frame was read.
+#[derive(Debug)]
+pub enum ConnEvent {
+    /// One operation of a pending batch frame.
+    Op { at: FrameRef, output: OpOutput },
+    /// A whole response frame for a pending control frame.
+    Frame { frame: u32, bytes: Vec<u8> },
+}
+
+/// The mailbox of one connection: results that arrive while it waits for its socket.
+#[derive(Default)]
+pub struct ConnShared {
+    events: RefCell<Vec<ConnEvent>>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl ConnShared {
+    /// Delivers a result and wakes the connection.
+    pub fn push(&self, event: ConnEvent) {
+        self.events.borrow_mut().push(event);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+    /// True if results are waiting.
+    pub fn has_events(&self) -> bool {
+        !self.events.borrow().is_empty()
+    }
+    /// Moves the waiting results into `out`.
+    pub fn take_events(&self, out: &mut Vec<ConnEvent>) {
+        out.append(&mut self.events.borrow_mut());
+    }
+    /// Registers the task to wake when a result arrives.
+    pub fn set_waker(&self, waker: &Waker) {
+        let mut slot = self.waker.borrow_mut();
+        if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *slot = Some(waker.clone());
+        }
+    }
+}
+
+/// Where the late result of a parked reserve goes.
+#[derive(Clone, Copy, Debug)]
+enum Dest {
+    /// A connection of this core.
+    Local(FrameRef),
+    /// A connection of another core that forwarded the reserve.
+    Remote { core: u16, at: FrameRef },
+}
+
+/// Per-core counters, plain integers.
+#[derive(Default)]
+pub struct Counters {
+    /// Connections open.
+    pub connections_open: Cell<u64>,
+    /// Request frames read.
+    pub frames: Cell<u64>,
+    /// Operations sent to their home core.
+    pub forwarded_out: Cell<u64>,
+    /// Operations received from other cores.
+    pub forwarded_in: Cell<u64>,
+}
+
+fn bump(c: &Cell<u64>, by: u64) {
+    c.set(c.get() + by);
+}
+
+/// One core's runtime state.
+pub struct CoreRuntime {
+    /// This core's index.
+    pub core: u16,
+    /// Number of cores.
+    pub cores: u16,
+    /// The configuration.
+    pub config: Config,
+    /// Ports of every core.
+    pub topology: Topology,
+    clock: Box<dyn Clock>,
+    engine: RefCell<Engine>,
+    conns: RefCell<HashMap<u64, Rc<ConnShared>>>,
+    next_conn: Cell<u64>,
+    tickets: RefCell<HashMap<u64, Dest>>,
+    outbound: Vec<Option<LocalSender<MeshMsg>>>,
+    forwarded_inflight: Cell<u32>,
+    rpc_waiting: RefCell<HashMap<u64, flume::Sender<RpcResp>>>,
+    next_token: Cell<u64>,
+    /// Counters.
+    pub counters: Counters,
+    envelopes: RefCell<Vec<Envelope>>,
+    completions: RefCell<Vec<Completion>>,
+}
+
+impl CoreRuntime {
+    /// A core's runtime around its state machine; `outbound[i]` queues messages for core `i`.
+    pub fn new(
+        core: u16,
+        config: Config,
+        topology: Topology,
+        clock: Box<dyn Clock>,
+        engine: Engine,
+        outbound: Vec<Option<LocalSender<MeshMsg>>>,
+    ) -> Self {
+        let cores = config.core_count();
+        CoreRuntime {
+            core,
+            cores,
+            config,
+            topology,
+            clock,
+            engine: RefCell::new(engine),
+            conns: RefCell::new(HashMap::new()),
+            next_conn: Cell::new(1),
+            tickets: RefCell::new(HashMap::new()),
+            outbound,
+            forwarded_inflight: Cell::new(0),
+            rpc_waiting: RefCell::new(HashMap::new()),
+            next_token: Cell::new(1),
+            counters: Counters::default(),
+            envelopes: RefCell::new(Vec::new()),
+            completions: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// The current time in ms since the Unix epoch.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// The handshake answer for a connection on this core.
+    pub fn hello(&self) -> Hello {
+        let limits = &self.config.limits;
+        Hello {
+            protocol_version: VERSION,
+            user_hash: USER_HASH_XXH3_JUMP,
+            core_count: self.cores,
+            this_core: self.core,
+            shared_port: self.topology.shared_port,
+            frame_size_max_bytes: limits.frame_size_max_bytes,
+            batch_operations_max: limits.batch_operations_max,
+            inflight_frames_max: limits.inflight_frames_max_per_connection,
+            core_ports: self.topology.core_ports.clone(),
+        }
+    }
+
+    /// Registers a new connection; answers its id and mailbox, or `None` over the limit.
+    pub fn open_connection(&self) -> Option<(u64, Rc<ConnShared>)> {
+        if self.counters.connections_open.get() >= self.config.limits.connections_max_per_core as u64 {
+            return None;
+        }
+        let id = self.next_conn.get();
+        self.next_conn.set(id + 1);
+        let shared = Rc::new(ConnShared::default());
+        self.conns.borrow_mut().insert(id, shared.clone());
+        bump(&self.counters.connections_open, 1);
+        Some((id, shared))
+    }
+
+    /// Forgets a closed connection; results still on their way to it are dropped.
+    pub fn close_connection(&self, id: u64) {
+        if self.conns.borrow_mut().remove(&id).is_some() {
+            self.counters.connections_open.set(self.counters.connections_open.get() - 1);
+        }
+    }
+
+    /// Counts a request frame.
+    pub fn count_frame(&self) {
+        bump(&self.counters.frames, 1);
+    }
+
+    /// The core that applies an operation of `user`.
+    pub fn home_of(&self, user: u128) -> u16 {
+        home_core(user, self.cores)
+    }
+
+    /// Applies an operation of a user homed here. `Some(output)` when decided now; `None`
+    /// when parked (its result will be delivered to `at`'s connection later).
+    pub fn apply_local(&self, now_ms: u64, op: Op, at: FrameRef) -> Option<OpOutput> {
+        let output = self.apply_op(now_ms, op);
+        match output {
+            Ok(out) => Some(out),
+            Err(ticket) => {
+                self.tickets.borrow_mut().insert(ticket, Dest::Local(at));
+                None
+            }
+        }
+    }
+
+    /// Applies one operation; `Err(ticket)` when a reserve is parked.
+    fn apply_op(&self, now_ms: u64, op: Op) -> Result<OpOutput, u64> {
+        let mut engine = self.engine.borrow_mut();
+        let command = match op {
+            Op::Reserve(op) => Command::Reserve(op),
+            Op::Confirm(op) => Command::Confirm(op),
+            Op::Release(op) => Command::Release(op),
+            Op::Extend(op) => Command::Extend(op),
+            Op::Lookup(op) => Command::Lookup(op),
+        };
+        match engine.apply(now_ms, command) {
+            Outcome::Reserve(Reply::Done(r)) | Outcome::Op(r) => Ok(OpOutput::Op(r)),
+            Outcome::Reserve(Reply::Parked(ticket)) => Err(ticket),
+            Outcome::Lookup(r) => Ok(OpOutput::Lookup(r)),
+            other => unreachable!("client operation answered {other:?}"),
+        }
+    }
+
+    /// Admits `count` operations for forwarding, or refuses them all (the caller answers
+    /// `busy`) when the core has too many forwarded operations unanswered.
+    pub fn admit_forwards(&self, count: u32) -> bool {
+        let inflight = self.forwarded_inflight.get();
+        if inflight + count > self.config.limits.forwarded_operations_max_per_core {
+            return false;
+        }
+        self.forwarded_inflight.set(inflight + count);
+        true
+    }
+
+    /// Sends operations (already admitted) to core `to`.
+    pub fn forward(&self, to: u16, ops: Vec<(FrameRef, Op)>) {
+        bump(&self.counters.forwarded_out, ops.len() as u64);
+        self.send(to, MeshMsg::Forward { ops });
+    }
+
+    fn send(&self, to: u16, msg: MeshMsg) {
+        let sender = self.outbound[to as usize].as_ref().expect("no channel to self");
+        if sender.try_send(msg).is_err() {
+            // The queue is unbounded; it only refuses once the core is shutting down.
+            tracing::warn!(core = self.core, to, "message to a stopped core dropped");
+        }
+    }
+
+    /// Delivers one operation's result to its connection's pending frame.
+    pub fn deliver_op(&self, at: FrameRef, output: OpOutput) {
+        if let Some(conn) = self.conns.borrow().get(&at.conn) {
+            conn.push(ConnEvent::Op { at, output });
+        }
+    }
+
+    /// Delivers a whole response frame to a connection's pending control frame.
+    pub fn deliver_frame(&self, conn: u64, frame: u32, bytes: Vec<u8>) {
+        if let Some(c) = self.conns.borrow().get(&conn) {
+            c.push(ConnEvent::Frame { frame, bytes });
+        }
+    }
+
+    /// Sends the state machine's messages and routes the results of reserves it decided
+    /// after parking them. Called after every batch of commands.
+    pub fn flush_engine(&self) {
+        let mut envelopes = self.envelopes.borrow_mut();
+        let mut completions = self.completions.borrow_mut();
+        {
+            let mut engine = self.engine.borrow_mut();
+            if !engine.has_output() {
+                if cfg!(debug_assertions) {
+                    engine.check_invariants();
+                }
+                return;
+            }
+            engine.take_outbox(&mut envelopes);
+            engine.take_completions(&mut completions);
+            if cfg!(debug_assertions) {
+                engine.check_invariants();
+            }
+        }
+        for env in envelopes.drain(..) {
+            self.send(env.to, MeshMsg::Peer(env.msg));
+        }
+        let mut remote: Vec<(u16, FrameRef, OpOutput)> = Vec::new();
+        for c in completions.drain(..) {
+            let Some(dest) = self.tickets.borrow_mut().remove(&c.ticket) else { continue };
+            match dest {
+                Dest::Local(at) => self.deliver_op(at, OpOutput::Op(c.result)),
+                Dest::Remote { core, at } => remote.push((core, at, OpOutput::Op(c.result))),
+            }
+        }
+        for core in 0..self.cores {
+            let results: Vec<(FrameRef, OpOutput)> =
+                remote.iter().filter(|r| r.0 == core).map(|&(_, at, out)| (at, out)).collect();
+            if !results.is_empty() {
+                self.send(core, MeshMsg::Results { results });
+            }
+        }
+    }
+
+    /// Expires due holds (run by the background ticker).
+    pub fn tick(&self) {
+        let now = self.now_ms();
+        self.engine.borrow_mut().apply(now, Command::Tick);
+        self.flush_engine();
+    }
+
+    /// Handles a message from core `from`.
+    pub fn on_mesh(self: &Rc<Self>, from: u16, msg: MeshMsg) {
+        let now = self.now_ms();
+        match msg {
+            MeshMsg::Forward { ops } => {
+                bump(&self.counters.forwarded_in, ops.len() as u64);
+                let mut results = Vec::with_capacity(ops.len());
+                for (at, op) in ops {
+                    match self.apply_op(now, op) {
+                        Ok(out) => results.push((at, out)),
+                        Err(ticket) => {
+                            self.tickets.borrow_mut().insert(ticket, Dest::Remote { core: from, at });
+                        }
+                    }
+                }
+                if !results.is_empty() {
+                    self.send(from, MeshMsg::Results { results });
+                }
+                self.flush_engine();
+            }
+            MeshMsg::Results { results } => {
+                self.forwarded_inflight.set(self.forwarded_inflight.get() - results.len() as u32);
+                for (at, output) in results {
+                    self.deliver_op(at, output);
+                }
+            }
+            MeshMsg::Peer(msg) => {
+                self.engine.borrow_mut().apply(now, Command::Peer { from, msg });
+                self.flush_engine();
+            }
+            MeshMsg::Rpc { token, req } => {
+                let this = self.clone();
+                glommio::spawn_local(async move {
+                    let resp = this.handle_rpc(req).await;
+                    this.send(from, MeshMsg::RpcReply { token, resp });
+                })
+                .detach();
+            }
+            MeshMsg::RpcReply { token, resp } => {
+                if let Some(tx) = self.rpc_waiting.borrow_mut().remove(&token) {
+                    let _ = tx.send(resp);
+                }
+            }
+        }
+    }
+
+    /// Sends a control request to core `to` (or handles it here) and waits for the answer.
+    pub async fn rpc(self: &Rc<Self>, to: u16, req: RpcReq) -> RpcResp {
+        if to == self.core {
+            return self.handle_rpc(req).await;
+        }
+        let rx = self.rpc_start(to, req);
+        rx.recv_async().await.unwrap_or(RpcResp::Pool(Err(Status::InternalError)))
+    }
+
+    fn rpc_start(&self, to: u16, req: RpcReq) -> flume::Receiver<RpcResp> {
+        let (tx, rx) = flume::bounded(1);
+        let token = self.next_token.get();
+        self.next_token.set(token + 1);
+        self.rpc_waiting.borrow_mut().insert(token, tx);
+        self.send(to, MeshMsg::Rpc { token, req });
+        rx
+    }
+
+    /// Sends `req` to every core at once (this one included) and gathers the answers in
+    /// core order.
+    pub async fn gather(self: &Rc<Self>, req: RpcReq) -> Vec<RpcResp> {
+        let pending: Vec<Option<flume::Receiver<RpcResp>>> =
+            (0..self.cores).map(|c| (c != self.core).then(|| self.rpc_start(c, req.clone()))).collect();
+        let mut answers = Vec::with_capacity(self.cores as usize);
+        for rx in pending {
+            answers.push(match rx {
+                Some(rx) => rx.recv_async().await.unwrap_or(RpcResp::Pool(Err(Status::InternalError))),
+                None => self.handle_rpc(req.clone()).await,
+            });
+        }
+        answers
+    }
+
+    /// A lookup without a user: every core is asked.
+    pub async fn lookup_everywhere(self: &Rc<Self>, op: LookupOp) -> LookupResult {
+        let answers = self.gather(RpcReq::Lookup(op)).await;
+        merge_lookups(answers.into_iter().map(|a| match a {
+            RpcResp::Lookup(r) => r,
+            _ => LookupResult::status(Status::InternalError),
+        }))
+    }
+
+    async fn handle_rpc(self: &Rc<Self>, req: RpcReq) -> RpcResp {
+        let now = self.now_ms();
+        match req {
+            RpcReq::ShardStatus { pool } => RpcResp::Shard(self.engine.borrow_mut().shard_status(now, pool)),
+            RpcReq::Lookup(op) => RpcResp::Lookup(self.engine.borrow_mut().lookup(now, &op)),
+            RpcReq::Stats => RpcResp::Stats(self.stats()),
+            RpcReq::ApplyCreate(def) => {
+                self.engine.borrow_mut().create_pool(def);
+                RpcResp::Ack
+            }
+            RpcReq::ApplySetActive { pool, active } => {
+                let _ = self.engine.borrow_mut().set_pool_active(pool, active);
+                RpcResp::Ack
+            }
+            RpcReq::CreatePool(req) => {
+                debug_assert_eq!(self.core, 0, "core 0 owns the catalog");
+                // Validation, id choice, local apply and the broadcast happen without an
+                // await in between, so every core applies creations in core 0's order.
+                let def = match self.engine.borrow().validate_pool_create(&req) {
+                    Ok(def) => def,
+                    Err(status) => return RpcResp::Pool(Err(status)),
+                };
+                let info = self.engine.borrow_mut().create_pool(def.clone());
+                tracing::info!(pool = info.id, name = %info.name, capacity = info.capacity, "pool created");
+                self.broadcast(RpcReq::ApplyCreate(def)).await;
+                RpcResp::Pool(Ok(info))
+            }
+            RpcReq::SetActive { pool, active } => {
+                let result = self.engine.borrow_mut().set_pool_active(pool, active);
+                if result.is_ok() {
+                    tracing::info!(pool, active, "pool activation changed");
+                    self.broadcast(RpcReq::ApplySetActive { pool, active }).await;
+                }
+                RpcResp::Pool(result)
+            }
+        }
+    }
+
+    /// Sends a catalog change to every other core and waits until all applied it.
+    async fn broadcast(self: &Rc<Self>, req: RpcReq) {
+        let pending: Vec<_> = (0..self.cores).filter(|&c| c != self.core).map(|c| self.rpc_start(c, req.clone())).collect();
+        for rx in pending {
+            let _ = rx.recv_async().await;
+        }
+    }
+
+    /// A pool's definition by id or name, from this core's copy of the catalog.
+    pub fn pool_info(&self, id: u32, name: &str) -> Option<PoolInfo> {
+        let engine = self.engine.borrow();
+        let id = if id != 0 { id } else { engine.pool_id(name)? };
+        engine.pool_info(id)
+    }
+
+    /// Up to `limit` pool definitions with ids above `start_after`.
+    pub fn pool_page(&self, start_after: u32, limit: usize) -> (Vec<PoolInfo>, bool) {
+        let engine = self.engine.borrow();
+        let count = engine.pool_count();
+        let first = start_after.saturating_add(1);
+        let infos: Vec<PoolInfo> = (first..=count).take(limit).filter_map(|id| engine.pool_info(id)).collect();
+        let more = infos.last().is_some_and(|last| last.id < count);
+        (infos, more)
+    }
+
+    /// This core's counters.
+    pub fn stats(&self) -> CoreStats {
+        let engine = self.engine.borrow();
+        let e = engine.stats();
+        CoreStats {
+            core: self.core,
+            connections_open: self.counters.connections_open.get(),
+            frames: self.counters.frames.get(),
+            operations: e.operations,
+            forwarded_out: self.counters.forwarded_out.get(),
+            forwarded_in: self.counters.forwarded_in.get(),
+            borrow_messages: e.borrow_messages,
+            holds_live: engine.holds_len() as u64,
+        }
+    }
+
+    /// The busy answer for an operation that could not be admitted.
+    pub fn busy() -> OpResult {
+        OpResult::status(Status::Busy)
+    }
+}

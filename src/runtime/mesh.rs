@@ -1,0 +1,122 @@
+//! What cores say to each other over glommio's channel mesh: forwarded operations and
+//! their results (the proxy hop), the state machines' borrowing messages, and control
+//! requests (pool changes, status gathering).
+//!
+//! Every message to another core goes through a local unbounded queue drained by one
+//! sender task per peer, so that no task that handles a message ever waits for a full
+//! channel: two cores sending to each other cannot deadlock. The queues stay bounded in
+//! practice because what feeds them is: forwarded operations by
+//! `forwarded_operations_max_per_core`, parked reserves by `parked_reserves_max_per_core`,
+//! control requests by the frames in flight per connection.
+
+use crate::protocol::control::{CoreStats, PoolCreate, PoolInfo, ShardStatus};
+use crate::protocol::{ConfirmOp, ExtendOp, LookupOp, LookupResult, OpResult, ReleaseOp, ReserveOp, Status};
+use crate::shard::{PeerMsg, PoolDef};
+
+/// One client operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Reserve.
+    Reserve(ReserveOp),
+    /// Confirm.
+    Confirm(ConfirmOp),
+    /// Release.
+    Release(ReleaseOp),
+    /// Extend.
+    Extend(ExtendOp),
+    /// Lookup (with a user).
+    Lookup(LookupOp),
+}
+
+impl Op {
+    /// The user whose home core applies the operation.
+    pub fn user(&self) -> u128 {
+        match self {
+            Op::Reserve(op) => op.user,
+            Op::Confirm(op) => op.user,
+            Op::Release(op) => op.user,
+            Op::Extend(op) => op.user,
+            Op::Lookup(op) => op.user,
+        }
+    }
+}
+
+/// The result of one operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpOutput {
+    /// Reserve, confirm, release, extend.
+    Op(OpResult),
+    /// Lookup.
+    Lookup(LookupResult),
+}
+
+impl OpOutput {
+    /// Writes the result record.
+    pub fn encode(&self, out: &mut [u8]) {
+        match self {
+            OpOutput::Op(r) => r.encode(out),
+            OpOutput::Lookup(r) => r.encode(out),
+        }
+    }
+}
+
+/// Where a result belongs on the core that read the request: connection, pending frame,
+/// operation index in the frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameRef {
+    /// Connection id (never reused on a core).
+    pub conn: u64,
+    /// The connection's pending-frame slot.
+    pub frame: u32,
+    /// Index of the operation in the frame.
+    pub index: u16,
+}
+
+/// A control request to one core.
+#[derive(Clone, Debug)]
+pub enum RpcReq {
+    /// This core's shard of a pool.
+    ShardStatus { pool: u32 },
+    /// A lookup on this core (user 0: any user).
+    Lookup(LookupOp),
+    /// This core's counters.
+    Stats,
+    /// To core 0: create a pool (core 0 assigns the id and tells every core).
+    CreatePool(PoolCreate),
+    /// To core 0: activate or deactivate a pool everywhere.
+    SetActive { pool: u32, active: bool },
+    /// From core 0: apply a pool creation.
+    ApplyCreate(PoolDef),
+    /// From core 0: apply an activation change.
+    ApplySetActive { pool: u32, active: bool },
+}
+
+/// The answer to a control request.
+#[derive(Clone, Debug)]
+pub enum RpcResp {
+    /// A shard, or none if the pool is unknown.
+    Shard(Option<ShardStatus>),
+    /// A lookup result.
+    Lookup(LookupResult),
+    /// Counters.
+    Stats(CoreStats),
+    /// A pool after a change, or why it was refused.
+    Pool(Result<PoolInfo, Status>),
+    /// Applied.
+    Ack,
+}
+
+/// A message between two cores.
+#[derive(Debug)]
+pub enum MeshMsg {
+    /// Operations of users homed on the receiving core, read by the sending core.
+    Forward { ops: Vec<(FrameRef, Op)> },
+    /// Results of forwarded operations, for the core that forwarded them.
+    Results { results: Vec<(FrameRef, OpOutput)> },
+    /// A borrowing message of the state machines.
+    Peer(PeerMsg),
+    /// A control request; `token` names the reply.
+    Rpc { token: u64, req: RpcReq },
+    /// The reply to a control request.
+    RpcReply { token: u64, resp: RpcResp },
+}

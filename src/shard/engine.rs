@@ -1,0 +1,941 @@
+//! The state machine of one core: `apply(now, command) -> outcome`, deterministic, with no
+//! I/O and no clock of its own. Here a reserve is decided, a hold confirmed, released,
+//! extended or expired, and capacity borrowed between cores.
+//!
+//! # Borrowing, without double counting or phantom sold-out
+//!
+//! Each pool has a shard on every core, starting with an even split of the capacity, and a
+//! home core (`pool id mod cores`) that coordinates borrowing (the "bank"; its free units
+//! are the home shard's free units). Units only move inside messages, and the sender
+//! debits before it sends: `capacity + lent - borrowed` of a shard never changes, so the
+//! shards' capacities plus the units in flight always add up to the pool's capacity.
+//!
+//! - A reserve that fits in its shard is decided on the spot. Otherwise it waits in the
+//!   shard's line and the shard asks the home core for the shortfall (one aggregate
+//!   borrow for the whole line); the home core grants it plus a share of what it has left
+//!   to spare, so that a busy shard does not come back for every reserve.
+//! - When the home core cannot cover a borrow, it *recalls*: every other shard sends back
+//!   all its free units and becomes *drained*. A drained shard keeps no free units: what a
+//!   release frees goes straight back home, and each waiting reserve asks for exactly its
+//!   quantity. With every free unit at the home core, the home core decides each waiting
+//!   reserve exactly: granted, or `sold_out` because the whole pool cannot cover it.
+//! - `sold_out` is only ever decided by the home core at the end of a recall or while the
+//!   pool is drained, that is, when it knows every free unit of the pool. So idle shards
+//!   never hoard what busy ones need, and a shard that ran dry never answers `sold_out`
+//!   while a sibling still has capacity.
+//! - When everything asked for during a recall could be granted, or when a drained pool
+//!   has gathered an eighth of its capacity again (releases, expiries), the home core tells
+//!   the shards to go back to normal borrowing.
+//!
+//! Messages between two cores are delivered in order (as glommio's channel mesh does);
+//! the argument above relies on it.
+
+use std::collections::HashMap;
+
+use super::holds::{Hold, HoldTable};
+use super::pool::{Bank, BankMode, Demand, POOL_CAPACITY_MAX, Parked, PoolDef, PoolSlot, Shard};
+use super::wheel::TimerWheel;
+use crate::protocol::control::{PoolCreate, PoolInfo, PoolKind, ShardStatus, valid_pool_name};
+use crate::protocol::{
+    ConfirmOp, ExtendOp, LookupOp, LookupResult, OpResult, RESULT_FLAG_REPEAT, ReleaseOp, ReservationState,
+    ReserveOp, Status,
+};
+
+/// Sizes and identity of one core's state machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// This core's index.
+    pub core: u16,
+    /// Number of cores (shards per pool).
+    pub cores: u16,
+    /// Most reservation records (held and retained) on this core.
+    pub holds_max: u32,
+    /// Most reserves waiting for borrowed capacity on this core.
+    pub parked_max: u32,
+    /// How long a final reservation (confirmed, released, expired) is kept for idempotent
+    /// repeats and lookups, in ms.
+    pub retention_ms: u64,
+    /// Most pools.
+    pub pools_max: u32,
+}
+
+/// A message between the state machines of two cores (the borrowing protocol).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerMsg {
+    /// Shard → home: I need `need` units; `ticket` names one parked reserve (exact borrow),
+    /// `None` asks for the shard's whole line (aggregate borrow).
+    Borrow { pool: u32, need: u64, ticket: Option<u64> },
+    /// Home → shard: `units` for the borrow named by `ticket`. An aggregate grant of 0
+    /// units means "the pool is being recalled: borrow exactly".
+    Grant { pool: u32, units: u64, ticket: Option<u64> },
+    /// Home → shard: the pool cannot cover the exact borrow `ticket`.
+    SoldOut { pool: u32, ticket: u64 },
+    /// Home → shard: send back every free unit and keep none (become drained).
+    Recall { pool: u32 },
+    /// Shard → home: the answer to a recall, with the shard's free units.
+    Returned { pool: u32, units: u64 },
+    /// Drained shard → home: units freed here (a release, an expiry, an unused grant).
+    Return { pool: u32, units: u64 },
+    /// Home → shard: stop being drained; borrow normally again.
+    Undrain { pool: u32 },
+}
+
+impl PeerMsg {
+    /// Units the message carries.
+    pub fn units(&self) -> u64 {
+        match *self {
+            PeerMsg::Grant { units, .. } | PeerMsg::Returned { units, .. } | PeerMsg::Return { units, .. } => units,
+            _ => 0,
+        }
+    }
+    /// The pool the message is about.
+    pub fn pool(&self) -> u32 {
+        match *self {
+            PeerMsg::Borrow { pool, .. }
+            | PeerMsg::Grant { pool, .. }
+            | PeerMsg::SoldOut { pool, .. }
+            | PeerMsg::Recall { pool }
+            | PeerMsg::Returned { pool, .. }
+            | PeerMsg::Return { pool, .. }
+            | PeerMsg::Undrain { pool } => pool,
+        }
+    }
+}
+
+/// A message for another core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    /// Destination core.
+    pub to: u16,
+    /// The message.
+    pub msg: PeerMsg,
+}
+
+/// The late result of a reserve that was parked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// The ticket [`Reply::Parked`] gave.
+    pub ticket: u64,
+    /// The result.
+    pub result: OpResult,
+}
+
+/// The answer to a reserve: decided now, or parked until capacity arrives from another core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// Decided.
+    Done(OpResult),
+    /// Waiting; a [`Completion`] with this ticket will follow.
+    Parked(u64),
+}
+
+/// One input of the state machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Hold units.
+    Reserve(ReserveOp),
+    /// Make a hold permanent.
+    Confirm(ConfirmOp),
+    /// Give a hold back.
+    Release(ReleaseOp),
+    /// Move a hold's expiry.
+    Extend(ExtendOp),
+    /// Read a reservation (user 0: any user).
+    Lookup(LookupOp),
+    /// A borrowing message from core `from`.
+    Peer { from: u16, msg: PeerMsg },
+    /// Let time pass: expire due holds, purge records past retention.
+    Tick,
+    /// Add a pool (validated by core 0 with [`Engine::validate_pool_create`]).
+    CreatePool(PoolDef),
+    /// Activate or deactivate a pool.
+    SetPoolActive { pool: u32, active: bool },
+}
+
+/// What [`Engine::apply`] answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A reserve's reply.
+    Reserve(Reply),
+    /// The result of confirm, release or extend.
+    Op(OpResult),
+    /// The result of a lookup.
+    Lookup(LookupResult),
+    /// The pool after a catalog change, or why it was refused.
+    Pool(Result<PoolInfo, Status>),
+    /// Nothing to answer (peer messages, ticks).
+    None,
+}
+
+/// Counters of this core's state machine (plain integers, read when scraped).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Client operations applied.
+    pub operations: u64,
+    /// Borrowing messages sent.
+    pub borrow_messages: u64,
+    /// Holds expired.
+    pub expirations: u64,
+}
+
+enum Attempt {
+    Done(OpResult),
+    Short,
+}
+
+/// The state of one core.
+pub struct Engine {
+    cfg: EngineConfig,
+    pools: Vec<PoolSlot>,
+    names: HashMap<Box<str>, u32>,
+    holds: HoldTable,
+    commit_refs: HashMap<u32, u128>,
+    wheel: TimerWheel,
+    outbox: Vec<Envelope>,
+    completions: Vec<Completion>,
+    next_ticket: u64,
+    parked_total: u32,
+    stats: EngineStats,
+}
+
+impl Engine {
+    /// An empty core state whose clock starts at `now_ms`.
+    pub fn new(cfg: EngineConfig, now_ms: u64) -> Self {
+        assert!(cfg.cores >= 1 && cfg.core < cfg.cores, "core index out of range");
+        Engine {
+            cfg,
+            pools: Vec::new(),
+            names: HashMap::new(),
+            holds: HoldTable::with_capacity(cfg.holds_max),
+            commit_refs: HashMap::new(),
+            wheel: TimerWheel::new(now_ms),
+            outbox: Vec::new(),
+            completions: Vec::new(),
+            next_ticket: 1,
+            parked_total: 0,
+            stats: EngineStats::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> EngineStats {
+        self.stats
+    }
+
+    /// Reservation records on this core.
+    pub fn holds_len(&self) -> u32 {
+        self.holds.len()
+    }
+
+    /// Applies one command at time `now_ms`.
+    pub fn apply(&mut self, now_ms: u64, command: Command) -> Outcome {
+        match command {
+            Command::Reserve(op) => Outcome::Reserve(self.reserve(now_ms, &op)),
+            Command::Confirm(op) => Outcome::Op(self.confirm(now_ms, &op)),
+            Command::Release(op) => Outcome::Op(self.release(now_ms, &op)),
+            Command::Extend(op) => Outcome::Op(self.extend(now_ms, &op)),
+            Command::Lookup(op) => Outcome::Lookup(self.lookup(now_ms, &op)),
+            Command::Peer { from, msg } => {
+                self.on_peer(now_ms, from, msg);
+                Outcome::None
+            }
+            Command::Tick => {
+                self.tick(now_ms);
+                Outcome::None
+            }
+            Command::CreatePool(def) => Outcome::Pool(Ok(self.create_pool(def))),
+            Command::SetPoolActive { pool, active } => Outcome::Pool(self.set_pool_active(pool, active)),
+        }
+    }
+
+    /// Moves the messages for other cores into `out` (in the order they must be sent).
+    pub fn take_outbox(&mut self, out: &mut Vec<Envelope>) {
+        out.append(&mut self.outbox);
+    }
+
+    /// Moves the results of parked reserves decided since the last call into `out`.
+    pub fn take_completions(&mut self, out: &mut Vec<Completion>) {
+        out.append(&mut self.completions);
+    }
+
+    /// True if messages or completions are waiting to be taken.
+    pub fn has_output(&self) -> bool {
+        !self.outbox.is_empty() || !self.completions.is_empty()
+    }
+
+    // ----- catalog -------------------------------------------------------------------------
+
+    /// Checks a pool creation against the catalog (run on core 0, which owns pool ids).
+    /// An identical repeat of an existing pool answers `Ok` with that pool.
+    pub fn validate_pool_create(&self, req: &PoolCreate) -> Result<PoolDef, Status> {
+        if !valid_pool_name(&req.name) {
+            return Err(Status::InvalidPoolName);
+        }
+        let kind = PoolKind::from_u8(req.kind).ok_or(Status::WrongPoolKind)?;
+        if kind == PoolKind::Seated {
+            return Err(Status::Unsupported);
+        }
+        if req.capacity == 0 || req.capacity > POOL_CAPACITY_MAX {
+            return Err(Status::InvalidCapacity);
+        }
+        if req.hold_ttl_ms_default == 0 || req.hold_ttl_ms_max == 0 || req.hold_ttl_ms_default > req.hold_ttl_ms_max {
+            return Err(Status::InvalidTtl);
+        }
+        let def = PoolDef {
+            id: self.pools.len() as u32 + 1,
+            name: req.name.as_str().into(),
+            kind,
+            capacity: req.capacity,
+            hold_ttl_ms_default: req.hold_ttl_ms_default,
+            hold_ttl_ms_max: req.hold_ttl_ms_max,
+            active: req.active,
+        };
+        if let Some(&id) = self.names.get(req.name.as_str()) {
+            let existing = &self.pools[id as usize - 1].def;
+            return if (PoolDef { id, ..def }) == *existing { Ok(existing.clone()) } else { Err(Status::PoolExists) };
+        }
+        if self.pools.len() as u32 >= self.cfg.pools_max {
+            return Err(Status::PoolsLimitReached);
+        }
+        Ok(def)
+    }
+
+    /// Adds a validated pool (every core applies the same creations in the same order). A
+    /// repeat of an existing pool changes nothing.
+    pub fn create_pool(&mut self, def: PoolDef) -> PoolInfo {
+        if let Some(existing) = self.pools.get(def.id as usize - 1) {
+            assert_eq!(existing.def, def, "pool {} created twice with different definitions", def.id);
+            return def.info(self.cfg.cores);
+        }
+        assert_eq!(def.id as usize, self.pools.len() + 1, "pool ids are dense and applied in order");
+        let share = def.initial_share(self.cfg.core, self.cfg.cores);
+        self.names.insert(def.name.clone(), def.id);
+        let info = def.info(self.cfg.cores);
+        self.pools.push(PoolSlot { def, shard: Shard::new(share), bank: Bank::default() });
+        info
+    }
+
+    /// Activates or deactivates a pool. Deactivated pools refuse new reserves; holds can
+    /// still be confirmed, released and extended.
+    pub fn set_pool_active(&mut self, pool: u32, active: bool) -> Result<PoolInfo, Status> {
+        let p = self.pool_index(pool).ok_or(Status::PoolNotFound)?;
+        self.pools[p].def.active = active;
+        Ok(self.pools[p].def.info(self.cfg.cores))
+    }
+
+    /// A pool's definition.
+    pub fn pool_info(&self, pool: u32) -> Option<PoolInfo> {
+        self.pool_index(pool).map(|p| self.pools[p].def.info(self.cfg.cores))
+    }
+
+    /// A pool's id by name.
+    pub fn pool_id(&self, name: &str) -> Option<u32> {
+        self.names.get(name).copied()
+    }
+
+    /// Number of pools.
+    pub fn pool_count(&self) -> u32 {
+        self.pools.len() as u32
+    }
+
+    /// This core's shard of a pool, after expiring due holds.
+    pub fn shard_status(&mut self, now_ms: u64, pool: u32) -> Option<ShardStatus> {
+        self.tick(now_ms);
+        self.shard_snapshot(pool)
+    }
+
+    /// This core's shard of a pool as it stands, without advancing time.
+    pub fn shard_snapshot(&self, pool: u32) -> Option<ShardStatus> {
+        let p = self.pool_index(pool)?;
+        Some(self.pools[p].shard_status(self.cfg.core, self.cfg.cores))
+    }
+
+    fn pool_index(&self, pool: u32) -> Option<usize> {
+        let p = (pool as usize).checked_sub(1)?;
+        (p < self.pools.len()).then_some(p)
+    }
+
+    fn is_home(&self, p: usize) -> bool {
+        self.pools[p].def.home_core(self.cfg.cores) == self.cfg.core
+    }
+
+    fn home(&self, p: usize) -> u16 {
+        self.pools[p].def.home_core(self.cfg.cores)
+    }
+
+    // ----- reservation operations -----------------------------------------------------------
+
+    /// Reserve. Statuses in order of precedence: `invalid_id`, `invalid_user`,
+    /// `invalid_quantity`, `pool_not_found`, `wrong_pool_kind`, `invalid_ttl`, then for an id
+    /// already in use `id_exists_with_different_pool` / `_user` / `_quantity` or an `ok`
+    /// repeat, then `pool_inactive`, `holds_limit_reached`, `busy` (too many parked), and
+    /// `sold_out`. A refused reserve leaves no record: its id can be used again.
+    pub fn reserve(&mut self, now_ms: u64, op: &ReserveOp) -> Reply {
+        self.tick(now_ms);
+        self.stats.operations += 1;
+        let p = match self.precheck_reserve(op) {
+            Ok(p) => p,
+            Err(result) => return Reply::Done(result),
+        };
+        if self.pools[p].shard.waiting.is_empty() {
+            if let Attempt::Done(result) = self.attempt(now_ms, p, op) {
+                return Reply::Done(result);
+            }
+        }
+        let home = self.is_home(p);
+        if home && self.pools[p].bank.mode == BankMode::Drained {
+            // Every free unit of the pool is here: this is the whole pool's answer.
+            return Reply::Done(self.sold_out(p));
+        }
+        if self.parked_total >= self.cfg.parked_max {
+            return Reply::Done(OpResult::status(Status::Busy));
+        }
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.pools[p].shard.waiting.push_back(Parked { ticket, op: *op, asked: false });
+        self.parked_total += 1;
+        if home {
+            self.pools[p].bank.queue.push_back(Demand { from: self.cfg.core, ticket, need: op.qty as u64 });
+            if self.pools[p].bank.mode == BankMode::Normal {
+                self.start_recall(now_ms, p);
+            }
+        } else {
+            self.pump(now_ms, p);
+        }
+        Reply::Parked(ticket)
+    }
+
+    /// Checks everything but capacity; `Ok(pool index)` when the reserve may take units.
+    fn precheck_reserve(&self, op: &ReserveOp) -> Result<usize, OpResult> {
+        let refuse = |s| Err(OpResult::status(s));
+        if op.id == 0 {
+            return refuse(Status::InvalidId);
+        }
+        if op.user == 0 {
+            return refuse(Status::InvalidUser);
+        }
+        if op.qty == 0 {
+            return refuse(Status::InvalidQuantity);
+        }
+        let Some(p) = self.pool_index(op.pool) else { return refuse(Status::PoolNotFound) };
+        let def = &self.pools[p].def;
+        if def.kind != PoolKind::Counted {
+            return refuse(Status::WrongPoolKind);
+        }
+        if op.ttl_ms > def.hold_ttl_ms_max {
+            return refuse(Status::InvalidTtl);
+        }
+        if let Some(slot) = self.holds.find(op.id) {
+            let h = self.holds.get(slot);
+            return Err(if h.pool != op.pool {
+                OpResult::status(Status::IdExistsWithDifferentPool)
+            } else if h.user() != op.user {
+                OpResult::status(Status::IdExistsWithDifferentUser)
+            } else if h.qty != op.qty {
+                OpResult::status(Status::IdExistsWithDifferentQuantity)
+            } else {
+                let mut r = self.result_of(slot, Status::Ok);
+                r.flags = RESULT_FLAG_REPEAT;
+                r
+            });
+        }
+        if !def.active {
+            return refuse(Status::PoolInactive);
+        }
+        if self.holds.is_full() {
+            return refuse(Status::HoldsLimitReached);
+        }
+        Ok(p)
+    }
+
+    /// Decides a reserve against this shard alone: done (held, or refused by a precheck),
+    /// or short of units.
+    fn attempt(&mut self, now_ms: u64, p: usize, op: &ReserveOp) -> Attempt {
+        if let Err(result) = self.precheck_reserve(op) {
+            return Attempt::Done(result);
+        }
+        let slot = &mut self.pools[p];
+        if slot.shard.available() < op.qty as u64 {
+            return Attempt::Short;
+        }
+        let ttl = if op.ttl_ms == 0 { slot.def.hold_ttl_ms_default } else { op.ttl_ms };
+        let expires_at = now_ms + ttl as u64;
+        slot.shard.held += op.qty as u64;
+        let slot = self.holds.insert(Hold::new(op.id, op.user, op.pool, op.qty, expires_at)).expect("checked not full");
+        self.wheel.insert(slot, expires_at, &mut self.holds);
+        Attempt::Done(self.result_of(slot, Status::Ok))
+    }
+
+    fn sold_out(&self, p: usize) -> OpResult {
+        OpResult { available: self.pools[p].shard.available(), ..OpResult::status(Status::SoldOut) }
+    }
+
+    /// The result for reservation `slot` with `status`.
+    fn result_of(&self, slot: u32, status: Status) -> OpResult {
+        let h = self.holds.get(slot);
+        let state = h.state();
+        let available = self.pool_index(h.pool).map_or(u64::MAX, |p| self.pools[p].shard.available());
+        OpResult {
+            status: status as u8,
+            state: state as u8,
+            flags: 0,
+            expires_at_ms: if state == ReservationState::Held { h.when_ms } else { 0 },
+            available,
+        }
+    }
+
+    /// Finds the reservation an operation names; `not_found` also when the user differs, so
+    /// the answer does not depend on which core the wrong user hashes to.
+    fn find_for(&self, id: u128, user: u128) -> Result<u32, OpResult> {
+        if id == 0 {
+            return Err(OpResult::status(Status::InvalidId));
+        }
+        if user == 0 {
+            return Err(OpResult::status(Status::InvalidUser));
+        }
+        match self.holds.find(id) {
+            Some(slot) if self.holds.get(slot).user() == user => Ok(slot),
+            _ => Err(OpResult::status(Status::NotFound)),
+        }
+    }
+
+    /// Confirm. Precedence: `invalid_id`, `invalid_user`, `not_found`, then by state:
+    /// confirmed (`ok` repeat with the same reference, else `confirmed_with_different_ref`),
+    /// `already_released`, `expired`; a held reservation becomes confirmed.
+    pub fn confirm(&mut self, now_ms: u64, op: &ConfirmOp) -> OpResult {
+        self.tick(now_ms);
+        self.stats.operations += 1;
+        let slot = match self.find_for(op.id, op.user) {
+            Ok(slot) => slot,
+            Err(r) => return r,
+        };
+        match self.holds.get(slot).state() {
+            ReservationState::Confirmed => {
+                if self.commit_refs.get(&slot).copied().unwrap_or(0) == op.commit_ref {
+                    self.repeat_of(slot)
+                } else {
+                    self.result_of(slot, Status::ConfirmedWithDifferentRef)
+                }
+            }
+            ReservationState::Released => self.result_of(slot, Status::AlreadyReleased),
+            ReservationState::Expired => self.result_of(slot, Status::Expired),
+            ReservationState::Held => {
+                let h = *self.holds.get(slot);
+                let p = self.pool_index(h.pool).expect("hold of a known pool");
+                let shard = &mut self.pools[p].shard;
+                shard.held -= h.qty as u64;
+                shard.confirmed += h.qty as u64;
+                self.finish(now_ms, slot, ReservationState::Confirmed);
+                if op.commit_ref != 0 {
+                    self.commit_refs.insert(slot, op.commit_ref);
+                }
+                self.result_of(slot, Status::Ok)
+            }
+            ReservationState::None => unreachable!("indexed records are never in state none"),
+        }
+    }
+
+    /// Release. Precedence: `invalid_id`, `invalid_user`, `not_found`, then by state:
+    /// released (`ok` repeat), `already_confirmed`, `expired`; a held reservation gives its
+    /// units back at once.
+    pub fn release(&mut self, now_ms: u64, op: &ReleaseOp) -> OpResult {
+        self.tick(now_ms);
+        self.stats.operations += 1;
+        let slot = match self.find_for(op.id, op.user) {
+            Ok(slot) => slot,
+            Err(r) => return r,
+        };
+        match self.holds.get(slot).state() {
+            ReservationState::Released => self.repeat_of(slot),
+            ReservationState::Confirmed => self.result_of(slot, Status::AlreadyConfirmed),
+            ReservationState::Expired => self.result_of(slot, Status::Expired),
+            ReservationState::Held => {
+                let p = self.give_back(now_ms, slot, ReservationState::Released);
+                self.pump(now_ms, p);
+                self.result_of(slot, Status::Ok)
+            }
+            ReservationState::None => unreachable!("indexed records are never in state none"),
+        }
+    }
+
+    /// Extend: the hold expires `ttl_ms` from now, or keeps its expiry if that is later
+    /// (extending never shortens a hold). Precedence: `invalid_id`,
+    /// `invalid_user`, `not_found`, then by state `already_confirmed`, `already_released`,
+    /// `expired`, then `invalid_ttl` (0, or above the pool's maximum).
+    pub fn extend(&mut self, now_ms: u64, op: &ExtendOp) -> OpResult {
+        self.tick(now_ms);
+        self.stats.operations += 1;
+        let slot = match self.find_for(op.id, op.user) {
+            Ok(slot) => slot,
+            Err(r) => return r,
+        };
+        match self.holds.get(slot).state() {
+            ReservationState::Confirmed => self.result_of(slot, Status::AlreadyConfirmed),
+            ReservationState::Released => self.result_of(slot, Status::AlreadyReleased),
+            ReservationState::Expired => self.result_of(slot, Status::Expired),
+            ReservationState::Held => {
+                let pool = self.holds.get(slot).pool;
+                let p = self.pool_index(pool).expect("hold of a known pool");
+                if op.ttl_ms == 0 || op.ttl_ms > self.pools[p].def.hold_ttl_ms_max {
+                    return self.result_of(slot, Status::InvalidTtl);
+                }
+                // Extending only moves the expiry later, so the record can stay filed in the
+                // wheel at its old deadline; when that comes up it is filed at the new one.
+                let h = self.holds.get_mut(slot);
+                h.when_ms = h.when_ms.max(now_ms + op.ttl_ms as u64);
+                self.result_of(slot, Status::Ok)
+            }
+            ReservationState::None => unreachable!("indexed records are never in state none"),
+        }
+    }
+
+    /// Lookup. A user of 0 matches any user (the slow path that asks every core).
+    pub fn lookup(&mut self, now_ms: u64, op: &LookupOp) -> LookupResult {
+        self.tick(now_ms);
+        if op.id == 0 {
+            return LookupResult::status(Status::InvalidId);
+        }
+        let Some(slot) = self.holds.find(op.id) else { return LookupResult::status(Status::NotFound) };
+        let h = self.holds.get(slot);
+        if op.user != 0 && h.user() != op.user {
+            return LookupResult::status(Status::NotFound);
+        }
+        LookupResult {
+            status: Status::Ok as u8,
+            state: h.state() as u8,
+            qty: h.qty,
+            pool: h.pool,
+            expires_at_ms: h.when_ms,
+            user: h.user(),
+            commit_ref: self.commit_refs.get(&slot).copied().unwrap_or(0),
+        }
+    }
+
+    fn repeat_of(&self, slot: u32) -> OpResult {
+        let mut r = self.result_of(slot, Status::Ok);
+        r.flags = RESULT_FLAG_REPEAT;
+        r
+    }
+
+    /// Moves a held reservation to a final state. The record is kept until the hold would
+    /// have expired or for the retention period, whichever ends later (it is still filed in
+    /// the wheel at its expiry; when that comes up it is filed again at this time).
+    fn finish(&mut self, now_ms: u64, slot: u32, state: ReservationState) {
+        let h = self.holds.get_mut(slot);
+        h.set_state(state);
+        h.when_ms = h.when_ms.max(now_ms + self.cfg.retention_ms);
+    }
+
+    /// Returns a held reservation's units to its shard; answers the pool index.
+    fn give_back(&mut self, now_ms: u64, slot: u32, state: ReservationState) -> usize {
+        let h = *self.holds.get(slot);
+        let p = self.pool_index(h.pool).expect("hold of a known pool");
+        self.pools[p].shard.held -= h.qty as u64;
+        self.finish(now_ms, slot, state);
+        p
+    }
+
+    /// Expires due holds and purges records past retention.
+    pub fn tick(&mut self, now_ms: u64) {
+        if !self.wheel.may_have_due(now_ms) {
+            return;
+        }
+        while let Some(slot) = self.wheel.next_due(now_ms, &mut self.holds) {
+            let h = *self.holds.get(slot);
+            if h.when_ms > now_ms {
+                self.wheel.insert(slot, h.when_ms, &mut self.holds);
+                continue;
+            }
+            match h.state() {
+                ReservationState::Held => {
+                    // Expired at exactly its deadline; kept until deadline + retention.
+                    let p = self.give_back(h.when_ms, slot, ReservationState::Expired);
+                    self.stats.expirations += 1;
+                    let when = self.holds.get(slot).when_ms;
+                    self.wheel.insert(slot, when, &mut self.holds);
+                    self.pump(now_ms, p);
+                }
+                _ => {
+                    self.commit_refs.remove(&slot);
+                    self.holds.remove(slot);
+                }
+            }
+        }
+    }
+
+    // ----- borrowing -------------------------------------------------------------------------
+
+    fn send(&mut self, to: u16, msg: PeerMsg) {
+        let units = msg.units();
+        if units > 0 {
+            let p = msg.pool() as usize - 1;
+            let shard = &mut self.pools[p].shard;
+            assert!(shard.available() >= units, "debit before send: only free units move");
+            shard.capacity -= units;
+            shard.lent += units;
+        }
+        self.stats.borrow_messages += 1;
+        self.outbox.push(Envelope { to, msg });
+    }
+
+    fn receive_units(&mut self, p: usize, units: u64) {
+        let shard = &mut self.pools[p].shard;
+        shard.capacity += units;
+        shard.borrowed += units;
+    }
+
+    fn complete(&mut self, ticket: u64, result: OpResult) {
+        self.completions.push(Completion { ticket, result });
+    }
+
+    /// Removes parked reserve `ticket` from pool `p`'s line.
+    fn unpark(&mut self, p: usize, ticket: u64) -> Option<Parked> {
+        let waiting = &mut self.pools[p].shard.waiting;
+        let pos = waiting.iter().position(|w| w.ticket == ticket)?;
+        self.parked_total -= 1;
+        waiting.remove(pos)
+    }
+
+    /// Serves the waiting line in order while it fits, then asks for what is missing (or,
+    /// when drained, sends free units home).
+    fn pump(&mut self, now_ms: u64, p: usize) {
+        while let Some(front) = self.pools[p].shard.waiting.front().copied() {
+            match self.attempt(now_ms, p, &front.op) {
+                Attempt::Done(result) => {
+                    self.pools[p].shard.waiting.pop_front();
+                    self.parked_total -= 1;
+                    self.complete(front.ticket, result);
+                }
+                Attempt::Short => break,
+            }
+        }
+        if self.is_home(p) {
+            if self.pools[p].bank.mode == BankMode::Drained {
+                self.maybe_undrain(p);
+            }
+            return;
+        }
+        let home = self.home(p);
+        let pool = self.pools[p].def.id;
+        if self.pools[p].shard.drained {
+            let free = self.pools[p].shard.available();
+            if free > 0 {
+                self.send(home, PeerMsg::Return { pool, units: free });
+            }
+            let mut asks = Vec::new();
+            for w in self.pools[p].shard.waiting.iter_mut().filter(|w| !w.asked) {
+                w.asked = true;
+                asks.push(PeerMsg::Borrow { pool, need: w.op.qty as u64, ticket: Some(w.ticket) });
+            }
+            for msg in asks {
+                self.send(home, msg);
+            }
+        } else if !self.pools[p].shard.aggregate_outstanding {
+            let shard = &self.pools[p].shard;
+            let wanted: u64 = shard.waiting.iter().filter(|w| !w.asked).map(|w| w.op.qty as u64).sum();
+            let need = wanted.saturating_sub(shard.available());
+            if need > 0 {
+                self.pools[p].shard.aggregate_outstanding = true;
+                self.send(home, PeerMsg::Borrow { pool, need, ticket: None });
+            }
+        }
+    }
+
+    fn start_recall(&mut self, now_ms: u64, p: usize) {
+        let others = self.cfg.cores - 1;
+        self.pools[p].bank.mode = BankMode::Recalling { acks_pending: others };
+        let pool = self.pools[p].def.id;
+        let me = self.cfg.core;
+        for core in (0..self.cfg.cores).filter(|&c| c != me) {
+            self.send(core, PeerMsg::Recall { pool });
+        }
+        if others == 0 {
+            self.finish_recall(now_ms, p);
+        }
+    }
+
+    /// Every shard has sent its free units home: decide every waiting demand exactly.
+    fn finish_recall(&mut self, now_ms: u64, p: usize) {
+        let pool = self.pools[p].def.id;
+        let mut refused = false;
+        let queue = std::mem::take(&mut self.pools[p].bank.queue);
+        for d in queue {
+            if d.from == self.cfg.core {
+                let Some(parked) = self.unpark(p, d.ticket) else { continue };
+                let result = match self.attempt(now_ms, p, &parked.op) {
+                    Attempt::Done(result) => result,
+                    Attempt::Short => {
+                        refused = true;
+                        self.sold_out(p)
+                    }
+                };
+                self.complete(d.ticket, result);
+            } else if self.pools[p].shard.available() >= d.need {
+                self.send(d.from, PeerMsg::Grant { pool, units: d.need, ticket: Some(d.ticket) });
+            } else {
+                refused = true;
+                self.send(d.from, PeerMsg::SoldOut { pool, ticket: d.ticket });
+            }
+        }
+        if refused {
+            self.pools[p].bank.mode = BankMode::Drained;
+            self.maybe_undrain(p);
+        } else {
+            self.undrain(p);
+        }
+    }
+
+    /// A drained pool that has gathered an eighth of its capacity goes back to normal.
+    fn maybe_undrain(&mut self, p: usize) {
+        let threshold = (self.pools[p].def.capacity / 8).max(self.cfg.cores as u64);
+        if self.pools[p].shard.available() >= threshold {
+            self.undrain(p);
+        }
+    }
+
+    fn undrain(&mut self, p: usize) {
+        self.pools[p].bank.mode = BankMode::Normal;
+        let pool = self.pools[p].def.id;
+        let me = self.cfg.core;
+        for core in (0..self.cfg.cores).filter(|&c| c != me) {
+            self.send(core, PeerMsg::Undrain { pool });
+        }
+    }
+
+    /// Handles a borrowing message from core `from`.
+    pub fn on_peer(&mut self, now_ms: u64, from: u16, msg: PeerMsg) {
+        self.tick(now_ms);
+        let p = self.pool_index(msg.pool()).expect("peers only speak of pools every core knows");
+        let pool = msg.pool();
+        match msg {
+            PeerMsg::Borrow { need, ticket: None, .. } => {
+                let free = self.pools[p].shard.available();
+                if self.pools[p].bank.mode == BankMode::Normal && free >= need {
+                    let spare = (free - need) / self.cfg.cores as u64;
+                    self.send(from, PeerMsg::Grant { pool, units: need + spare, ticket: None });
+                } else {
+                    if self.pools[p].bank.mode == BankMode::Normal {
+                        self.start_recall(now_ms, p);
+                    }
+                    // After the recall message: the shard first drains, then borrows exactly.
+                    self.send(from, PeerMsg::Grant { pool, units: 0, ticket: None });
+                }
+            }
+            PeerMsg::Borrow { need, ticket: Some(ticket), .. } => {
+                let free = self.pools[p].shard.available();
+                match self.pools[p].bank.mode {
+                    BankMode::Recalling { .. } => {
+                        self.pools[p].bank.queue.push_back(Demand { from, ticket, need });
+                    }
+                    _ if free >= need => {
+                        self.send(from, PeerMsg::Grant { pool, units: need, ticket: Some(ticket) });
+                    }
+                    BankMode::Normal => {
+                        self.pools[p].bank.queue.push_back(Demand { from, ticket, need });
+                        self.start_recall(now_ms, p);
+                    }
+                    BankMode::Drained => self.send(from, PeerMsg::SoldOut { pool, ticket }),
+                }
+            }
+            PeerMsg::Grant { units, ticket, .. } => {
+                self.receive_units(p, units);
+                match ticket {
+                    None => self.pools[p].shard.aggregate_outstanding = false,
+                    Some(ticket) => self.serve_ticket(now_ms, p, ticket, None),
+                }
+                self.pump(now_ms, p);
+            }
+            PeerMsg::SoldOut { ticket, .. } => {
+                let refusal = self.sold_out(p);
+                self.serve_ticket(now_ms, p, ticket, Some(refusal));
+                self.pump(now_ms, p);
+            }
+            PeerMsg::Recall { .. } => {
+                self.pools[p].shard.drained = true;
+                let free = self.pools[p].shard.available();
+                self.send(from, PeerMsg::Returned { pool, units: free });
+                self.pump(now_ms, p);
+            }
+            PeerMsg::Returned { units, .. } => {
+                self.receive_units(p, units);
+                let BankMode::Recalling { acks_pending } = self.pools[p].bank.mode else {
+                    panic!("recall answer for pool {pool} without a recall");
+                };
+                if acks_pending == 1 {
+                    self.finish_recall(now_ms, p);
+                } else {
+                    self.pools[p].bank.mode = BankMode::Recalling { acks_pending: acks_pending - 1 };
+                }
+            }
+            PeerMsg::Return { units, .. } => {
+                self.receive_units(p, units);
+                self.pump(now_ms, p);
+            }
+            PeerMsg::Undrain { .. } => {
+                self.pools[p].shard.drained = false;
+                self.pump(now_ms, p);
+            }
+        }
+    }
+
+    /// Decides parked reserve `ticket` now: held if it fits, else `refusal` (or, without a
+    /// refusal, it waits again and asks anew).
+    fn serve_ticket(&mut self, now_ms: u64, p: usize, ticket: u64, refusal: Option<OpResult>) {
+        let Some(pos) = self.pools[p].shard.waiting.iter().position(|w| w.ticket == ticket) else { return };
+        let parked = self.pools[p].shard.waiting[pos];
+        match (self.attempt(now_ms, p, &parked.op), refusal) {
+            (Attempt::Done(result), _) | (Attempt::Short, Some(result)) => {
+                self.unpark(p, ticket);
+                self.complete(ticket, result);
+            }
+            (Attempt::Short, None) => self.pools[p].shard.waiting[pos].asked = false,
+        }
+    }
+
+    // ----- invariants --------------------------------------------------------------------------
+
+    /// Checks this core's invariants (cheap: per pool, not per hold). Panics on a violation.
+    pub fn check_invariants(&self) {
+        let mut parked = 0;
+        for slot in &self.pools {
+            let s = &slot.shard;
+            assert!(s.held + s.confirmed <= s.capacity, "oversell on pool {}: {s:?}", slot.def.id);
+            assert_eq!(s.capacity + s.lent - s.borrowed, s.share, "units created or lost on pool {}", slot.def.id);
+            let home = slot.def.home_core(self.cfg.cores) == self.cfg.core;
+            if !home && s.drained {
+                assert_eq!(s.available(), 0, "drained shard of pool {} keeps free units", slot.def.id);
+            }
+            if home {
+                let recalling = matches!(slot.bank.mode, BankMode::Recalling { .. });
+                assert!(recalling || s.waiting.is_empty(), "home line of pool {} waits outside a recall", slot.def.id);
+            }
+            parked += s.waiting.len() as u32;
+        }
+        assert_eq!(parked, self.parked_total);
+    }
+
+    /// Checks the invariants and, record by record, that each shard's `held` is the sum of
+    /// its live holds (slow; for tests).
+    pub fn audit(&self) {
+        self.check_invariants();
+        let mut held = vec![0u64; self.pools.len()];
+        for (_, h) in self.holds.iter() {
+            if h.state() == ReservationState::Held {
+                held[h.pool as usize - 1] += h.qty as u64;
+            }
+        }
+        for (slot, sum) in self.pools.iter().zip(held) {
+            assert_eq!(slot.shard.held, sum, "held units of pool {} disagree with its holds", slot.def.id);
+        }
+    }
+
+    /// Free units of pool `pool` on this shard (for tests and capacity hints).
+    pub fn available(&self, pool: u32) -> Option<u64> {
+        self.pool_index(pool).map(|p| self.pools[p].shard.available())
+    }
+}

@@ -1,0 +1,20 @@
+//! The pure state machine: everything a core decides, with no I/O and no clock of its own.
+//!
+//! - [`engine`]: one core's state, `apply(now, command) -> outcome`, and the borrowing
+//!   protocol between cores.
+//! - [`pool`]: pool definitions, shards and the home core's borrowing state.
+//! - [`holds`]: the reservation table (slab + index, allocated once).
+//! - [`wheel`]: the timing wheel that expires holds without scanning them.
+//! - [`cluster`]: several engines wired together with an in-memory, ordered, seedable
+//!   network: the deterministic simulation used by tests.
+//! - [`model`]: the reference model the simulation is checked against.
+
+pub mod cluster;
+pub mod engine;
+pub mod holds;
+pub mod model;
+pub mod pool;
+pub mod wheel;
+
+pub use engine::{Command, Completion, Engine, EngineConfig, EngineStats, Envelope, Outcome, PeerMsg, Reply};
+pub use pool::{BankMode, PoolDef};

@@ -1,0 +1,186 @@
+//! A pool's definition (the same on every core), one core's shard of it, and the borrowing
+//! state the pool's home core keeps (the "bank").
+
+use std::collections::VecDeque;
+
+use crate::protocol::ReserveOp;
+use crate::protocol::control::{
+    PoolInfo, PoolKind, SHARD_FLAG_DRAINED, SHARD_FLAG_HOME, SHARD_FLAG_RECALLING, ShardStatus,
+};
+
+/// Largest pool capacity in units; keeps every sum of units far from overflow.
+pub const POOL_CAPACITY_MAX: u64 = 1 << 60;
+
+/// A pool's definition, replicated on every core in the same order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolDef {
+    /// Pool id, from 1, dense.
+    pub id: u32,
+    /// Unique name.
+    pub name: Box<str>,
+    /// Counted or seated.
+    pub kind: PoolKind,
+    /// Total units.
+    pub capacity: u64,
+    /// TTL of a hold whose reserve asks for 0, in ms.
+    pub hold_ttl_ms_default: u32,
+    /// Longest TTL a reserve or extend may ask for, in ms.
+    pub hold_ttl_ms_max: u32,
+    /// Whether new reserves are accepted.
+    pub active: bool,
+}
+
+impl PoolDef {
+    /// The core that coordinates borrowing for this pool: `id mod cores`.
+    pub fn home_core(&self, cores: u16) -> u16 {
+        (self.id % cores as u32) as u16
+    }
+
+    /// The units core `core` starts with: an even split, the remainder to the lowest cores.
+    pub fn initial_share(&self, core: u16, cores: u16) -> u64 {
+        let n = cores as u64;
+        self.capacity / n + u64::from((core as u64) < self.capacity % n)
+    }
+
+    /// The definition as the protocol reports it.
+    pub fn info(&self, cores: u16) -> PoolInfo {
+        PoolInfo {
+            id: self.id,
+            name: self.name.to_string(),
+            kind: self.kind as u8,
+            active: self.active,
+            capacity: self.capacity,
+            hold_ttl_ms_default: self.hold_ttl_ms_default,
+            hold_ttl_ms_max: self.hold_ttl_ms_max,
+            home_core: self.home_core(cores),
+        }
+    }
+}
+
+/// A reserve waiting on this core for capacity from the home core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Parked {
+    /// Names the reserve in completions.
+    pub ticket: u64,
+    /// The request.
+    pub op: ReserveOp,
+    /// An exact borrow for this reserve alone is outstanding.
+    pub asked: bool,
+}
+
+/// One core's shard of a pool. Invariants: `held + confirmed <= capacity`, and
+/// `capacity + lent - borrowed == share` (units only move with a counted message).
+#[derive(Clone, Debug, Default)]
+pub struct Shard {
+    /// Units this shard owns now.
+    pub capacity: u64,
+    /// Units in live holds.
+    pub held: u64,
+    /// Units confirmed.
+    pub confirmed: u64,
+    /// Units sent to other cores, ever.
+    pub lent: u64,
+    /// Units received from other cores, ever.
+    pub borrowed: u64,
+    /// The units this shard started with (plus capacity changes).
+    pub share: u64,
+    /// Free units are gathered at the home core; this shard keeps none and borrows exactly.
+    pub drained: bool,
+    /// An aggregate borrow (for the whole waiting line) is outstanding.
+    pub aggregate_outstanding: bool,
+    /// Reserves waiting for capacity, first come first served.
+    pub waiting: VecDeque<Parked>,
+}
+
+impl Shard {
+    /// A shard that owns `share` units.
+    pub fn new(share: u64) -> Self {
+        Shard { capacity: share, share, ..Default::default() }
+    }
+
+    /// Units free on this shard.
+    pub fn available(&self) -> u64 {
+        self.capacity - self.held - self.confirmed
+    }
+}
+
+/// How the home core is handing out a pool's free capacity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BankMode {
+    /// Shards keep what they have and borrow from the home core, with some to spare.
+    Normal,
+    /// The home core asked every shard for its free units and waits for this many answers.
+    Recalling {
+        /// Answers still missing.
+        acks_pending: u16,
+    },
+    /// Every free unit is at the home core; shards borrow exactly what one reserve needs, and
+    /// the home core decides `sold_out` knowing all that is left.
+    Drained,
+}
+
+/// A request for units waiting at the home core.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Demand {
+    /// The core that asked (the home core itself for its own parked reserves).
+    pub from: u16,
+    /// The parked reserve on that core.
+    pub ticket: u64,
+    /// Units it needs.
+    pub need: u64,
+}
+
+/// Borrowing state kept by the pool's home core.
+#[derive(Clone, Debug)]
+pub struct Bank {
+    /// Current mode.
+    pub mode: BankMode,
+    /// Demands waiting for the end of a recall.
+    pub queue: VecDeque<Demand>,
+}
+
+impl Default for Bank {
+    fn default() -> Self {
+        Bank { mode: BankMode::Normal, queue: VecDeque::new() }
+    }
+}
+
+/// Everything one core knows about one pool.
+#[derive(Clone, Debug)]
+pub struct PoolSlot {
+    /// The definition.
+    pub def: PoolDef,
+    /// This core's shard.
+    pub shard: Shard,
+    /// Borrowing state; used only on the pool's home core.
+    pub bank: Bank,
+}
+
+impl PoolSlot {
+    /// This core's shard as the protocol reports it.
+    pub fn shard_status(&self, core: u16, cores: u16) -> ShardStatus {
+        let home = self.def.home_core(cores) == core;
+        let mut flags = 0;
+        if self.shard.drained {
+            flags |= SHARD_FLAG_DRAINED;
+        }
+        if home {
+            flags |= SHARD_FLAG_HOME;
+            match self.bank.mode {
+                BankMode::Recalling { .. } => flags |= SHARD_FLAG_RECALLING,
+                BankMode::Drained => flags |= SHARD_FLAG_DRAINED,
+                BankMode::Normal => {}
+            }
+        }
+        ShardStatus {
+            core,
+            flags,
+            parked: self.shard.waiting.len() as u32,
+            capacity: self.shard.capacity,
+            held: self.shard.held,
+            confirmed: self.shard.confirmed,
+            lent: self.shard.lent,
+            borrowed: self.shard.borrowed,
+        }
+    }
+}
