@@ -18,7 +18,9 @@ use serde_json::json;
 
 use crate::client::{Client, ClientError};
 use crate::config::Config;
-use crate::protocol::control::{PoolCreate, PoolInfo, PoolKind, PoolRef, PoolStatus, SHARD_FLAG_DRAINED, SHARD_FLAG_HOME};
+use crate::protocol::control::{
+    PoolCreate, PoolInfo, PoolKind, PoolRef, PoolStatus, SHARD_FLAG_DRAINED, SHARD_FLAG_HOME,
+};
 use crate::protocol::{
     ConfirmOp, ExtendOp, LookupOp, OpResult, RESULT_FLAG_REPEAT, ReleaseOp, ReservationState, ReserveOp, Status,
     format_id, parse_id, user_id_from_name,
@@ -256,7 +258,8 @@ pub fn run_client(command: Command) -> Result<(), Failure> {
         Command::Confirm(args) => {
             let mut c = connect(&args.target.client)?;
             let (id, user) = target(&mut c, &args.target)?;
-            let commit_ref = args.commit_ref.as_deref().map_or(0, |r| parse_id(r).unwrap_or_else(|| user_id_from_name(r)));
+            let commit_ref =
+                args.commit_ref.as_deref().map_or(0, |r| parse_id(r).unwrap_or_else(|| user_id_from_name(r)));
             let r = c.confirm(&[ConfirmOp { id, user, commit_ref }])?[0];
             report(&args.target.client, "confirm", id, &r, |_| format!("confirmed reservation {}", format_id(id)))
         }
@@ -353,7 +356,13 @@ fn seconds_until(at_ms: u64) -> u64 {
     (at_ms.saturating_sub(now_ms()) + 500) / 1000
 }
 
-fn report(args: &ClientArgs, what: &str, id: u128, r: &OpResult, text: impl Fn(&OpResult) -> String) -> Result<(), Failure> {
+fn report(
+    args: &ClientArgs,
+    what: &str,
+    id: u128,
+    r: &OpResult,
+    text: impl Fn(&OpResult) -> String,
+) -> Result<(), Failure> {
     let status = Status::from_u8(r.status).unwrap_or(Status::InternalError);
     let state = ReservationState::from_u8(r.state).unwrap_or(ReservationState::None);
     let repeat = r.flags & RESULT_FLAG_REPEAT != 0;
@@ -425,7 +434,10 @@ fn print_status(status: &PoolStatus) {
         status.confirmed(),
         status.available()
     );
-    println!("{:<6}{:>12}{:>12}{:>12}{:>12}{:>8}  flags", "core", "capacity", "held", "confirmed", "available", "parked");
+    println!(
+        "{:<6}{:>12}{:>12}{:>12}{:>12}{:>8}  flags",
+        "core", "capacity", "held", "confirmed", "available", "parked"
+    );
     for s in &status.shards {
         let mut flags = Vec::new();
         if s.flags & SHARD_FLAG_HOME != 0 {
@@ -486,10 +498,9 @@ fn pool_command(cmd: PoolCommand) -> Result<(), Failure> {
         PoolCommand::Status { pool, client } => {
             let mut c = connect(&client)?;
             let info = resolve_pool(&mut c, &pool)?;
-            let status = c.pool_status(&PoolRef { id: info.id, name: String::new() })?.map_err(|s| Failure {
-                code: 1,
-                message: format!("pool '{pool}': {s}"),
-            })?;
+            let status = c
+                .pool_status(&PoolRef { id: info.id, name: String::new() })?
+                .map_err(|s| Failure { code: 1, message: format!("pool '{pool}': {s}") })?;
             if client.json {
                 let shards: Vec<_> = status
                     .shards

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::protocol::HEADER_SIZE;
 use crate::protocol::control::PoolCreate;
 use crate::protocol::ops::{LookupResult, ReserveOp};
-use crate::protocol::HEADER_SIZE;
 use crate::shard::{Engine, EngineConfig};
 
 /// The configuration `shardcap serve` runs with when given no file: it listens on
@@ -245,15 +245,24 @@ impl Config {
         };
         let s = &self.server;
         let l = &self.limits;
-        check(s.listen.parse::<SocketAddr>().is_ok(), format!("server.listen: '{}' is not an address like 127.0.0.1:7400", s.listen));
+        check(
+            s.listen.parse::<SocketAddr>().is_ok(),
+            format!("server.listen: '{}' is not an address like 127.0.0.1:7400", s.listen),
+        );
         check(s.cores <= 1024, format!("server.cores: {} is above 1024", s.cores));
         let cores = self.core_count() as u32;
         check(
             !s.core_ports || s.core_port_base == 0 || s.core_port_base as u32 + cores - 1 <= u16::MAX as u32,
             format!("server.core_port_base: {} + {cores} cores runs past port 65535", s.core_port_base),
         );
-        check((64 << 10..=1 << 30).contains(&s.io_memory_bytes), format!("server.io_memory_bytes: {} is not within 64 KiB..1 GiB", s.io_memory_bytes));
-        check((1..=1000).contains(&s.expiry_tick_ms), format!("server.expiry_tick_ms: {} is not within 1..=1000", s.expiry_tick_ms));
+        check(
+            (64 << 10..=1 << 30).contains(&s.io_memory_bytes),
+            format!("server.io_memory_bytes: {} is not within 64 KiB..1 GiB", s.io_memory_bytes),
+        );
+        check(
+            (1..=1000).contains(&s.expiry_tick_ms),
+            format!("server.expiry_tick_ms: {} is not within 1..=1000", s.expiry_tick_ms),
+        );
         check(
             ["error", "warn", "info", "debug", "trace"].contains(&s.log_level.as_str()),
             format!("server.log_level: '{}' is not one of error, warn, info, debug, trace", s.log_level),
@@ -310,7 +319,13 @@ impl Config {
                 Ok(def) => {
                     catalog.create_pool(def);
                 }
-                Err(status) => check(false, format!("pool '{}': {status} (name 1-64 printable ASCII without spaces, capacity 1..=2^60, 0 < hold_ttl_s_default <= hold_ttl_s_max)", p.name)),
+                Err(status) => check(
+                    false,
+                    format!(
+                        "pool '{}': {status} (name 1-64 printable ASCII without spaces, capacity 1..=2^60, 0 < hold_ttl_s_default <= hold_ttl_s_max)",
+                        p.name
+                    ),
+                ),
             }
         }
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
@@ -354,7 +369,14 @@ mod tests {
         .unwrap();
         let ConfigError::Invalid(problems) = c.validate().unwrap_err() else { panic!("expected Invalid") };
         let text = problems.join("\n");
-        for needle in ["server.listen", "server.expiry_tick_ms", "batch_operations_max", "holds_max_per_core", "pool 'a'", "pool 'b': declared twice"] {
+        for needle in [
+            "server.listen",
+            "server.expiry_tick_ms",
+            "batch_operations_max",
+            "holds_max_per_core",
+            "pool 'a'",
+            "pool 'b': declared twice",
+        ] {
             assert!(text.contains(needle), "missing {needle} in:\n{text}");
         }
     }

@@ -24,8 +24,8 @@ use crate::protocol::control::{
     self, CoreStats, Hello, PoolCreate, PoolInfo, PoolListRequest, PoolRef, PoolSetActive, PoolStatus,
 };
 use crate::protocol::{
-    BatchOp, ConfirmOp, ExtendOp, FLAG_MORE, HEADER_SIZE, Header, LookupOp, LookupResult, OpResult, Opcode,
-    ReleaseOp, ReserveOp, Status, decode_batch_results, decode_header, encode_batch,
+    BatchOp, ConfirmOp, ExtendOp, FLAG_MORE, HEADER_SIZE, Header, LookupOp, LookupResult, OpResult, Opcode, ReleaseOp,
+    ReserveOp, Status, decode_batch_results, decode_header, encode_batch,
 };
 
 /// Why a call failed (domain outcomes such as `sold_out` are results, not errors).
@@ -154,7 +154,8 @@ impl Client {
     pub fn recv(&mut self) -> Result<Response, ClientError> {
         let mut head = [0u8; HEADER_SIZE];
         self.reader.read_exact(&mut head)?;
-        let header = decode_header(&head).map_err(|e| ClientError::Protocol(format!("bad response header: {}", e.status)))?;
+        let header =
+            decode_header(&head).map_err(|e| ClientError::Protocol(format!("bad response header: {}", e.status)))?;
         let mut body = vec![0u8; header.body_len as usize];
         self.reader.read_exact(&mut body)?;
         Ok(Response { header, body })
@@ -253,7 +254,9 @@ impl Client {
         pool.encode(&mut body);
         let r = self.call(Opcode::PoolStatus, 1, &body)?;
         Ok(match control_payload(&r)? {
-            Ok(payload) => Ok(PoolStatus::decode(payload).map_err(|_| ClientError::Protocol("bad pool status".into()))?),
+            Ok(payload) => {
+                Ok(PoolStatus::decode(payload).map_err(|_| ClientError::Protocol("bad pool status".into()))?)
+            }
             Err(status) => Err(status),
         })
     }
@@ -271,9 +274,11 @@ impl Client {
             let mut body = Vec::new();
             PoolListRequest { start_after, limit: 0 }.encode(&mut body);
             let r = self.call(Opcode::PoolList, 1, &body)?;
-            let mut payload = control_payload(&r)?.map_err(|s| ClientError::Protocol(format!("pool list refused: {s}")))?;
+            let mut payload =
+                control_payload(&r)?.map_err(|s| ClientError::Protocol(format!("pool list refused: {s}")))?;
             for _ in 0..r.header.op_count {
-                let (info, used) = PoolInfo::decode(payload).map_err(|_| ClientError::Protocol("bad pool entry".into()))?;
+                let (info, used) =
+                    PoolInfo::decode(payload).map_err(|_| ClientError::Protocol("bad pool entry".into()))?;
                 payload = &payload[used..];
                 start_after = info.id;
                 all.push(info);
@@ -299,8 +304,8 @@ fn refusal(r: &Response) -> ClientError {
 
 /// Splits a control response into its status and payload.
 fn control_payload(r: &Response) -> Result<Result<&[u8], Status>, ClientError> {
-    let (status, payload) =
-        control::split_prefix(&r.body).map_err(|_| ClientError::Protocol("control response without a prefix".into()))?;
+    let (status, payload) = control::split_prefix(&r.body)
+        .map_err(|_| ClientError::Protocol("control response without a prefix".into()))?;
     Ok(if status == Status::Ok { Ok(payload) } else { Err(status) })
 }
 

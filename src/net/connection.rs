@@ -273,9 +273,11 @@ impl Connection {
             }
             Opcode::PoolCreate => {
                 let req = PoolCreate::decode(body).map_err(|_| Status::MalformedBody)?;
-                self.control(opcode, id, move |core| async move {
-                    pool_answer(core.rpc(0, RpcReq::CreatePool(req)).await)
-                });
+                self.control(
+                    opcode,
+                    id,
+                    move |core| async move { pool_answer(core.rpc(0, RpcReq::CreatePool(req)).await) },
+                );
             }
             Opcode::PoolSetActive => {
                 let req = PoolSetActive::decode(body).map_err(|_| Status::MalformedBody)?;

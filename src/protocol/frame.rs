@@ -35,7 +35,11 @@ pub fn next_frame(buf: &[u8], limits: &FrameLimits) -> Result<Option<(Header, us
         // Refuse garbage early instead of waiting for 32 bytes that may never come.
         let n = buf.len().min(4);
         if buf[..n] != MAGIC[..n] {
-            return Err(FrameError { status: Status::BadMagic, request_id: 0, message: "frame does not start with SCAP" });
+            return Err(FrameError {
+                status: Status::BadMagic,
+                request_id: 0,
+                message: "frame does not start with SCAP",
+            });
         }
         if buf.len() > 4 && buf[4] != VERSION {
             return Err(FrameError {

@@ -85,9 +85,7 @@ impl Opcode {
     pub fn response_record_size(self) -> Option<usize> {
         use super::ops::{LookupResult, OpResult};
         match self {
-            Opcode::Reserve | Opcode::Confirm | Opcode::Release | Opcode::Extend => {
-                Some(OpResult::SIZE)
-            }
+            Opcode::Reserve | Opcode::Confirm | Opcode::Release | Opcode::Extend => Some(OpResult::SIZE),
             Opcode::Lookup => Some(LookupResult::SIZE),
             _ => None,
         }
@@ -161,28 +159,12 @@ const _: () = assert!(OFF_RESERVED_B + 4 == HEADER_SIZE);
 impl Header {
     /// A request header for `opcode` with `op_count` records and `body_len` bytes of body.
     pub fn request(opcode: Opcode, request_id: u64, op_count: u16, body_len: u32) -> Header {
-        Header {
-            opcode: opcode as u8,
-            flags: 0,
-            request_id,
-            body_len,
-            op_count,
-            status: 0,
-            retry_after_ms: 0,
-        }
+        Header { opcode: opcode as u8, flags: 0, request_id, body_len, op_count, status: 0, retry_after_ms: 0 }
     }
 
     /// A response header answering a request with `request_id`.
     pub fn response(opcode: u8, request_id: u64, status: Status, op_count: u16, body_len: u32) -> Header {
-        Header {
-            opcode,
-            flags: FLAG_RESPONSE,
-            request_id,
-            body_len,
-            op_count,
-            status: status as u8,
-            retry_after_ms: 0,
-        }
+        Header { opcode, flags: FLAG_RESPONSE, request_id, body_len, op_count, status: status as u8, retry_after_ms: 0 }
     }
 
     /// The opcode, if defined.

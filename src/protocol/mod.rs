@@ -13,6 +13,7 @@ pub use frame::{FrameError, FrameLimits, append_error_frame, next_frame};
 pub use header::{FLAG_MORE, FLAG_RESPONSE, HEADER_SIZE, Header, MAGIC, Opcode, VERSION, decode_header};
 pub use ids::{format_id, home_core, parse_id, user_id_from_name};
 pub use ops::{
-    BatchOp, ConfirmOp, ExtendOp, LookupOp, LookupResult, OpResult, RESULT_FLAG_REPEAT, ReleaseOp, ReservationState, ReserveOp, decode_batch_results, encode_batch,
+    BatchOp, ConfirmOp, ExtendOp, LookupOp, LookupResult, OpResult, RESULT_FLAG_REPEAT, ReleaseOp, ReservationState,
+    ReserveOp, decode_batch_results, encode_batch,
 };
 pub use status::Status;

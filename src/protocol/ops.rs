@@ -278,13 +278,7 @@ impl OpResult {
     }
     /// Decodes from `b`.
     pub fn decode(b: &[u8]) -> Self {
-        OpResult {
-            status: b[0],
-            state: b[1],
-            flags: b[2],
-            expires_at_ms: u64_at(b, 8),
-            available: u64_at(b, 16),
-        }
+        OpResult { status: b[0], state: b[1], flags: b[2], expires_at_ms: u64_at(b, 8), available: u64_at(b, 16) }
     }
 }
 

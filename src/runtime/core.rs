@@ -12,8 +12,8 @@ use glommio::channels::local_channel::LocalSender;
 use super::clock::Clock;
 use super::mesh::{FrameRef, MeshMsg, Op, OpOutput, RpcReq, RpcResp};
 use crate::config::Config;
-use crate::protocol::control::{CoreStats, PoolInfo, USER_HASH_XXH3_JUMP};
 use crate::protocol::control::Hello;
+use crate::protocol::control::{CoreStats, PoolInfo, USER_HASH_XXH3_JUMP};
 use crate::protocol::{LookupOp, LookupResult, OpResult, Status, VERSION, home_core};
 use crate::shard::cluster::merge_lookups;
 use crate::shard::{Command, Completion, Engine, Envelope, Outcome, Reply};
@@ -445,7 +445,8 @@ impl CoreRuntime {
 
     /// Sends a catalog change to every other core and waits until all applied it.
     async fn broadcast(self: &Rc<Self>, req: RpcReq) {
-        let pending: Vec<_> = (0..self.cores).filter(|&c| c != self.core).map(|c| self.rpc_start(c, req.clone())).collect();
+        let pending: Vec<_> =
+            (0..self.cores).filter(|&c| c != self.core).map(|c| self.rpc_start(c, req.clone())).collect();
         for rx in pending {
             let _ = rx.recv_async().await;
         }

@@ -75,7 +75,8 @@ pub fn run(config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), StartErr
         core_ports: Mutex::new(vec![0; cores as usize]),
         errors: Mutex::new(Vec::new()),
     });
-    let mesh: MeshBuilder<MeshMsg, _> = MeshBuilder::full(cores as usize, config.limits.mesh_channel_depth_messages as usize);
+    let mesh: MeshBuilder<MeshMsg, _> =
+        MeshBuilder::full(cores as usize, config.limits.mesh_channel_depth_messages as usize);
     let cpus: Vec<usize> = CpuSet::online().map(|set| set.iter().map(|l| l.cpu).collect()).unwrap_or_default();
     let mut handles = Vec::new();
     for core in 0..cores {
@@ -106,7 +107,8 @@ pub fn run(config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), StartErr
     startup.barrier.wait(); // every core joined the mesh and built its state
     let mut listen = config.listen_addr();
     listen.set_port(*startup.shared_port.lock().expect("startup lock"));
-    let core_ports = if config.server.core_ports { startup.core_ports.lock().expect("startup lock").clone() } else { Vec::new() };
+    let core_ports =
+        if config.server.core_ports { startup.core_ports.lock().expect("startup lock").clone() } else { Vec::new() };
     on_ready(&Ready { listen, cores, core_ports });
     for handle in handles {
         if let Err(e) = handle.join() {
@@ -125,7 +127,12 @@ fn bind_exclusive(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).map_err(|e| std::io::Error::other(e.to_string()))
 }
 
-async fn core_main(core: u16, config: Config, startup: Arc<Startup>, mesh: MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>) {
+async fn core_main(
+    core: u16,
+    config: Config,
+    startup: Arc<Startup>,
+    mesh: MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>,
+) {
     let cores = config.core_count();
     let listen = config.listen_addr();
     // 1. The shared port: core 0 first, so that port 0 resolves to one port for all.
@@ -157,7 +164,8 @@ async fn core_main(core: u16, config: Config, startup: Arc<Startup>, mesh: MeshB
         addr.set_port(if base == 0 { 0 } else { base + core });
         match bind_exclusive(addr) {
             Ok(l) => {
-                startup.core_ports.lock().expect("startup lock")[core as usize] = l.local_addr().map_or(0, |a| a.port());
+                startup.core_ports.lock().expect("startup lock")[core as usize] =
+                    l.local_addr().map_or(0, |a| a.port());
                 own = Some(l);
             }
             Err(e) => startup.fail(format!("core {core}: cannot bind its core port {addr}: {e}")),

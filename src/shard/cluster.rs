@@ -185,9 +185,11 @@ impl Cluster {
     pub fn reserve_result(&self, core: u16, reply: Reply) -> Option<crate::protocol::OpResult> {
         match reply {
             Reply::Done(r) => Some(r),
-            Reply::Parked(ticket) => {
-                self.completions.iter().find(|(c, done)| *c == core && done.ticket == ticket).map(|(_, done)| done.result)
-            }
+            Reply::Parked(ticket) => self
+                .completions
+                .iter()
+                .find(|(c, done)| *c == core && done.ticket == ticket)
+                .map(|(_, done)| done.result),
         }
     }
 }

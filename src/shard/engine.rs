@@ -37,8 +37,8 @@ use super::pool::{Bank, BankMode, Demand, POOL_CAPACITY_MAX, Parked, PoolDef, Po
 use super::wheel::TimerWheel;
 use crate::protocol::control::{PoolCreate, PoolInfo, PoolKind, ShardStatus, valid_pool_name};
 use crate::protocol::{
-    ConfirmOp, ExtendOp, LookupOp, LookupResult, OpResult, RESULT_FLAG_REPEAT, ReleaseOp, ReservationState,
-    ReserveOp, Status,
+    ConfirmOp, ExtendOp, LookupOp, LookupResult, OpResult, RESULT_FLAG_REPEAT, ReleaseOp, ReservationState, ReserveOp,
+    Status,
 };
 
 /// Sizes and identity of one core's state machine.

@@ -12,11 +12,11 @@ use std::collections::BTreeMap;
 
 use crate::protocol::control::PoolCreate;
 use crate::protocol::home_core;
-use crate::shard::cluster::merge_lookups;
 use crate::protocol::{
-    ConfirmOp, ExtendOp, LookupOp, LookupResult, OpResult, RESULT_FLAG_REPEAT, ReleaseOp, ReservationState,
-    ReserveOp, Status,
+    ConfirmOp, ExtendOp, LookupOp, LookupResult, OpResult, RESULT_FLAG_REPEAT, ReleaseOp, ReservationState, ReserveOp,
+    Status,
 };
+use crate::shard::cluster::merge_lookups;
 
 #[derive(Clone, Debug)]
 struct Pool {

@@ -78,8 +78,7 @@ impl Server {
 
     /// A client connected to the shared port.
     pub fn client(&self) -> Client {
-        let c = Client::connect(self.addr).expect("connect");
-        c
+        Client::connect(self.addr).expect("connect")
     }
 
     /// A client connected to core `core`'s own port.
