@@ -31,6 +31,13 @@ fn main() {
 }
 
 fn serve(args: &shardcap::cli::ServeArgs) -> anyhow::Result<()> {
+    // A panic on any core (a broken invariant is an assert) stops the whole server: a
+    // server with a dead core would leave every request routed there unanswered.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
     let config = serve_config(args)?;
     let filter = EnvFilter::try_from_env("SHARDCAP_LOG").unwrap_or_else(|_| EnvFilter::new(&config.server.log_level));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();

@@ -177,7 +177,11 @@ impl Connection {
                     self.start += len;
                     self.core.count_frame();
                     if let Err(status) = self.handle_frame(&header, body) {
-                        append_error_frame(&mut self.out, header.request_id, status, "malformed body");
+                        let message = match status {
+                            Status::ReservedNotZero => "reserved bytes of a record must be zero",
+                            _ => "malformed body",
+                        };
+                        append_error_frame(&mut self.out, header.request_id, status, message);
                         self.closing = true;
                         break;
                     }
@@ -196,7 +200,9 @@ impl Connection {
             self.end -= self.start;
             self.start = 0;
         }
-        if self.end >= HEADER_SIZE {
+        // Only a header the parser accepted gets here unanswered (its size is within
+        // frame_size_max_bytes); after a refusal nothing more is read.
+        if !self.closing && self.end >= HEADER_SIZE {
             let body_len = u32::from_le_bytes(self.inbuf[16..20].try_into().unwrap()) as usize;
             let needed = HEADER_SIZE + body_len;
             if needed > self.inbuf.len() {
@@ -232,6 +238,7 @@ impl Connection {
                 let req = PoolListRequest::decode(body).map_err(|_| Status::MalformedBody)?;
                 let fit = (self.limits.frame_size_max_bytes as usize - HEADER_SIZE - control::CONTROL_PREFIX_SIZE)
                     / (control::PoolInfo::FIXED_SIZE + control::POOL_NAME_MAX_BYTES);
+                let fit = fit.min(u16::MAX as usize);
                 let limit = if req.limit == 0 { fit } else { (req.limit as usize).min(fit) };
                 let (infos, more) = self.core.pool_page(req.start_after, limit);
                 let mut body = Vec::new();
@@ -255,9 +262,11 @@ impl Connection {
                             .gather(RpcReq::ShardStatus { pool: info.id })
                             .await
                             .into_iter()
-                            .map(|r| match r {
+                            .enumerate()
+                            .map(|(core, r)| match r {
                                 RpcResp::Shard(Some(s)) => s,
-                                _ => ShardStatus::default(),
+                                // A core that has not applied the pool's creation yet.
+                                _ => ShardStatus { core: core as u16, ..ShardStatus::default() },
                             })
                             .collect();
                         let status = PoolStatus { info, shards };

@@ -493,7 +493,8 @@ pub struct CoreStats {
     pub connections_open: u64,
     /// Request frames read by this core.
     pub frames: u64,
-    /// Operations applied on this core (its own users' operations).
+    /// Reserves, confirms, releases and extends applied on this core (its users' operations;
+    /// lookups are not counted).
     pub operations: u64,
     /// Operations this core sent to their users' home cores (the proxy hop).
     pub forwarded_out: u64,

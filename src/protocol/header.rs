@@ -204,8 +204,8 @@ pub struct HeaderError {
     pub request_id: u64,
 }
 
-/// Decodes and checks a header without looking at the body: magic, version, reserved bits,
-/// opcode. Size limits are checked by the frame parser, which knows them.
+/// Decodes and checks a header without looking at the body, in this order: magic, version,
+/// opcode, reserved bytes. Size limits are checked by the frame parser, which knows them.
 pub fn decode_header(bytes: &[u8; HEADER_SIZE]) -> Result<Header, HeaderError> {
     let fail = |status, request_id| Err(HeaderError { status, request_id });
     if bytes[0..4] != MAGIC {

@@ -175,7 +175,8 @@ impl ReleaseOp {
     }
 }
 
-/// Move a hold's expiry to `now + ttl_ms` (never beyond the pool's maximum TTL from now).
+/// Move a hold's expiry to `now + ttl_ms`, or keep it if that is later (extending never
+/// shortens a hold). A `ttl_ms` of 0 or above the pool's maximum is refused (`invalid_ttl`).
 ///
 /// Layout (48 bytes): id u128 @0, user u128 @16, ttl_ms u32 @32, reserved 12 bytes @36.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -284,7 +285,7 @@ impl OpResult {
 
 /// Result of a lookup.
 ///
-/// Layout (56 bytes): status u8 @0, state u8 @1, flags u8 @2, reserved u8 @3, qty u32 @4,
+/// Layout (56 bytes): status u8 @0, state u8 @1, reserved 2 bytes @2, qty u32 @4,
 /// pool u32 @8, reserved u32 @12, expires_at_ms u64 @16, user u128 @24, commit_ref u128 @40.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct LookupResult {

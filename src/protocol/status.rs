@@ -2,8 +2,8 @@
 //! library and the CLI. Domain outcomes (`sold_out`, `expired`, ...) are data, not errors.
 //!
 //! Numbers never change once released; new codes are appended. Codes 1..=19 are frame-level
-//! (the header was unusable or the server could not take the frame); codes from 20 on are
-//! per-operation outcomes.
+//! (the header was unusable or the server could not take the frame; `internal_error` is the
+//! exception and only appears in results); codes from 20 on are per-operation outcomes.
 
 use std::fmt;
 
@@ -19,7 +19,7 @@ pub enum Status {
     BadMagic = 1,
     /// The header's version byte is not one this server speaks.
     UnsupportedVersion = 2,
-    /// `body_len` exceeds `frame_size_max_bytes` (or a response would).
+    /// The frame (header included) exceeds `frame_size_max_bytes`.
     FrameTooLarge = 3,
     /// The opcode is not defined.
     UnknownOpcode = 4,
@@ -27,9 +27,13 @@ pub enum Status {
     MalformedBody = 5,
     /// `op_count` exceeds `batch_operations_max`.
     TooManyOperations = 6,
-    /// The server is overloaded; retry after `retry_after_ms`. The connection stays open.
+    /// The server is overloaded; retry after `retry_after_ms`. As a frame status (too many
+    /// frames in flight) the connection stays open; in an error frame (too many
+    /// connections) it is closed. As an operation status: too many forwarded or parked
+    /// operations on the core.
     Busy = 7,
-    /// The server could not serve the request because of an internal failure.
+    /// The server could not serve the request because of an internal failure (appears in
+    /// operation and control results, never as a frame status).
     InternalError = 8,
     /// Reserved header bits or fields were not zero.
     ReservedNotZero = 9,
@@ -61,7 +65,8 @@ pub enum Status {
     IdExistsWithDifferentQuantity = 31,
     /// The reservation was confirmed with another commit reference.
     ConfirmedWithDifferentRef = 32,
-    /// The user id is zero (reserved), or not the reservation's user.
+    /// The user id is zero (reserved). A reservation named with another user than its own
+    /// answers `not_found`.
     InvalidUser = 33,
     /// The core's reservation table is full (`holds_max_per_core`).
     HoldsLimitReached = 34,

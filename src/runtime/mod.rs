@@ -66,9 +66,11 @@ impl Startup {
 
 /// Starts every core, calls `on_ready` once they all serve, then runs until the process
 /// ends.
-pub fn run(config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), StartError> {
+pub fn run(mut config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), StartError> {
     config.validate()?;
+    // Resolved here: inside a pinned executor, the CPU count would be that of its one CPU.
     let cores = config.core_count();
+    config.server.cores = cores;
     let startup = Arc::new(Startup {
         barrier: Barrier::new(cores as usize + 1),
         shared_port: Mutex::new(0),

@@ -19,13 +19,18 @@
 //!   release frees goes straight back home, and each waiting reserve asks for exactly its
 //!   quantity. With every free unit at the home core, the home core decides each waiting
 //!   reserve exactly: granted, or `sold_out` because the whole pool cannot cover it.
+//! - During a recall, the reserves waiting for units (the home core's own and the other
+//!   shards' exact borrows) are decided in the order they reached the home core.
 //! - `sold_out` is only ever decided by the home core at the end of a recall or while the
 //!   pool is drained, that is, when it knows every free unit of the pool. So idle shards
 //!   never hoard what busy ones need, and a shard that ran dry never answers `sold_out`
 //!   while a sibling still has capacity.
 //! - When everything asked for during a recall could be granted, or when a drained pool
-//!   has gathered an eighth of its capacity again (releases, expiries), the home core tells
-//!   the shards to go back to normal borrowing.
+//!   has gathered an eighth of its capacity again (and at least one unit per core) through
+//!   releases and expiries, the home core tells the shards to go back to normal borrowing.
+//! - Exactness is with respect to what the home core can know: units freed by a release on
+//!   another core while the home core decides are still on their way home, and that
+//!   release counts as happening after the `sold_out`.
 //!
 //! Messages between two cores are delivered in order (as glommio's channel mesh does);
 //! the argument above relies on it.
@@ -271,7 +276,8 @@ impl Engine {
     // ----- catalog -------------------------------------------------------------------------
 
     /// Checks a pool creation against the catalog (run on core 0, which owns pool ids).
-    /// An identical repeat of an existing pool answers `Ok` with that pool.
+    /// A repeat of an existing pool's creation (same name, kind, capacity and TTLs; the
+    /// active flag may have changed since) answers `Ok` with that pool.
     pub fn validate_pool_create(&self, req: &PoolCreate) -> Result<PoolDef, Status> {
         if !valid_pool_name(&req.name) {
             return Err(Status::InvalidPoolName);
@@ -297,7 +303,8 @@ impl Engine {
         };
         if let Some(&id) = self.names.get(req.name.as_str()) {
             let existing = &self.pools[id as usize - 1].def;
-            return if (PoolDef { id, ..def }) == *existing { Ok(existing.clone()) } else { Err(Status::PoolExists) };
+            let same = PoolDef { id, active: existing.active, ..def } == *existing;
+            return if same { Ok(existing.clone()) } else { Err(Status::PoolExists) };
         }
         if self.pools.len() as u32 >= self.cfg.pools_max {
             return Err(Status::PoolsLimitReached);
@@ -373,8 +380,11 @@ impl Engine {
     /// Reserve. Statuses in order of precedence: `invalid_id`, `invalid_user`,
     /// `invalid_quantity`, `pool_not_found`, `wrong_pool_kind`, `invalid_ttl`, then for an id
     /// already in use `id_exists_with_different_pool` / `_user` / `_quantity` or an `ok`
-    /// repeat, then `pool_inactive`, `holds_limit_reached`, `busy` (too many parked), and
-    /// `sold_out`. A refused reserve leaves no record: its id can be used again.
+    /// repeat, then `pool_inactive`, `holds_limit_reached`, and then capacity: held if the
+    /// shard has the units (and no reserve is waiting before it); `sold_out` at once on the
+    /// home core of a drained pool; `busy` if the core's waiting line is full; otherwise the
+    /// reserve waits for borrowed units and is decided later by the same rules, checked
+    /// again from the top. A refused reserve leaves no record: its id can be used again.
     pub fn reserve(&mut self, now_ms: u64, op: &ReserveOp) -> Reply {
         self.tick(now_ms);
         self.stats.operations += 1;
@@ -407,7 +417,11 @@ impl Engine {
         } else {
             self.pump(now_ms, p);
         }
-        Reply::Parked(ticket)
+        // On a single core the recall ends at once and the reserve is already decided.
+        match self.completions.iter().rposition(|c| c.ticket == ticket) {
+            Some(pos) => Reply::Done(self.completions.remove(pos).result),
+            None => Reply::Parked(ticket),
+        }
     }
 
     /// Checks everything but capacity; `Ok(pool index)` when the reserve may take units.
@@ -704,6 +718,11 @@ impl Engine {
     /// Serves the waiting line in order while it fits, then asks for what is missing (or,
     /// when drained, sends free units home).
     fn pump(&mut self, now_ms: u64, p: usize) {
+        if self.is_home(p) && matches!(self.pools[p].bank.mode, BankMode::Recalling { .. }) {
+            // The home core's own waiting reserves are in the recall's queue with everyone
+            // else's: they are decided in arrival order when the recall ends.
+            return;
+        }
         while let Some(front) = self.pools[p].shard.waiting.front().copied() {
             match self.attempt(now_ms, p, &front.op) {
                 Attempt::Done(result) => {
@@ -790,7 +809,8 @@ impl Engine {
         }
     }
 
-    /// A drained pool that has gathered an eighth of its capacity goes back to normal.
+    /// A drained pool that has gathered an eighth of its capacity (at least one unit per
+    /// core) goes back to normal.
     fn maybe_undrain(&mut self, p: usize) {
         let threshold = (self.pools[p].def.capacity / 8).max(self.cfg.cores as u64);
         if self.pools[p].shard.available() >= threshold {
@@ -856,10 +876,13 @@ impl Engine {
                 self.pump(now_ms, p);
             }
             PeerMsg::Recall { .. } => {
+                // Drained, the shard sends its free units home and asks exactly for each
+                // waiting reserve; the answer to the recall comes last, so the home core
+                // decides those reserves in this same recall.
                 self.pools[p].shard.drained = true;
+                self.pump(now_ms, p);
                 let free = self.pools[p].shard.available();
                 self.send(from, PeerMsg::Returned { pool, units: free });
-                self.pump(now_ms, p);
             }
             PeerMsg::Returned { units, .. } => {
                 self.receive_units(p, units);
