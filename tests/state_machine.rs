@@ -1386,3 +1386,25 @@ fn a_recall_decides_waiting_reserves_in_arrival_order() {
 fn r(id: u128, user: u128, qty: u32) -> shardcap::protocol::ReserveOp {
     shardcap::protocol::ReserveOp { id, user, pool: 1, qty, ttl_ms: 0, priority: 0 }
 }
+
+/// A hold keeps its state in the top bits of its quantity's word, so one reservation holds
+/// at most 2^29 - 1 units; more is refused as `invalid_quantity` before anything else about
+/// the pool is looked at.
+#[test]
+fn quantity_is_bounded_by_the_record_format() {
+    const MAX: u64 = (1 << 29) - 1;
+    const CAP: u64 = 1 << 40;
+    let max = shardcap::shard::holds::HOLD_QTY_MAX;
+    assert_eq!(max as u64, MAX);
+    let mut e = engine(10, &[CAP]);
+    run(
+        &mut e,
+        &[
+            row(0, reserve(1, ALICE, 1, max + 1, 0), S::InvalidQuantity, NONE, 0, 0, &[(0, 0, CAP)]),
+            row(0, reserve(1, ALICE, 9, u32::MAX, 0), S::InvalidQuantity, NONE, 0, 0, &[(0, 0, CAP)]),
+            row(0, reserve(1, ALICE, 1, max, 0), S::Ok, HELD, 0, TTL_DEFAULT as u64, &[(MAX, 0, CAP - MAX)]),
+            row(1, lookup(1, ALICE), S::Ok, HELD, 0, TTL_DEFAULT as u64, &[(MAX, 0, CAP - MAX)]).lookup(max, 0),
+            row(2, confirm(1, ALICE, 5), S::Ok, CONFIRMED, 0, 0, &[(0, MAX, CAP - MAX)]),
+        ],
+    );
+}

@@ -169,6 +169,8 @@ impl Connection {
     /// Answers every whole frame in the input buffer.
     fn process_input(&mut self) {
         let buf = std::mem::take(&mut self.inbuf);
+        // One clock read for everything that arrived together.
+        let now_ms = self.core.now_ms();
         loop {
             match next_frame(&buf[self.start..self.end], &self.limits) {
                 Ok(None) => break,
@@ -176,7 +178,7 @@ impl Connection {
                     let body = &buf[self.start + HEADER_SIZE..self.start + len];
                     self.start += len;
                     self.core.count_frame();
-                    if let Err(status) = self.handle_frame(&header, body) {
+                    if let Err(status) = self.handle_frame(now_ms, &header, body) {
                         let message = match status {
                             Status::ReservedNotZero => "reserved bytes of a record must be zero",
                             _ => "malformed body",
@@ -212,7 +214,7 @@ impl Connection {
     }
 
     /// Answers one frame; `Err(status)` closes the connection with that status.
-    fn handle_frame(&mut self, header: &Header, body: &[u8]) -> Result<(), Status> {
+    fn handle_frame(&mut self, now_ms: u64, header: &Header, body: &[u8]) -> Result<(), Status> {
         let opcode = header.opcode().expect("checked by the parser");
         let id = header.request_id;
         if self.inflight() >= self.inflight_max && !matches!(opcode, Opcode::Hello | Opcode::Ping) {
@@ -229,11 +231,11 @@ impl Connection {
                 self.respond(opcode, id, 1, &body);
             }
             Opcode::Ping => Header::response(opcode as u8, id, Status::Ok, 0, 0).append_to(&mut self.out),
-            Opcode::Reserve => self.batch(header, body, |b| ReserveOp::decode(b).map(Op::Reserve))?,
-            Opcode::Confirm => self.batch(header, body, |b| ConfirmOp::decode(b).map(Op::Confirm))?,
-            Opcode::Release => self.batch(header, body, |b| ReleaseOp::decode(b).map(Op::Release))?,
-            Opcode::Extend => self.batch(header, body, |b| ExtendOp::decode(b).map(Op::Extend))?,
-            Opcode::Lookup => self.batch(header, body, |b| LookupOp::decode(b).map(Op::Lookup))?,
+            Opcode::Reserve => self.batch(now_ms, header, body, |b| ReserveOp::decode(b).map(Op::Reserve))?,
+            Opcode::Confirm => self.batch(now_ms, header, body, |b| ConfirmOp::decode(b).map(Op::Confirm))?,
+            Opcode::Release => self.batch(now_ms, header, body, |b| ReleaseOp::decode(b).map(Op::Release))?,
+            Opcode::Extend => self.batch(now_ms, header, body, |b| ExtendOp::decode(b).map(Op::Extend))?,
+            Opcode::Lookup => self.batch(now_ms, header, body, |b| LookupOp::decode(b).map(Op::Lookup))?,
             Opcode::PoolList => {
                 let req = PoolListRequest::decode(body).map_err(|_| Status::MalformedBody)?;
                 let fit = (self.limits.frame_size_max_bytes as usize - HEADER_SIZE - control::CONTROL_PREFIX_SIZE)
@@ -363,6 +365,7 @@ impl Connection {
     /// A batch of one kind of operation: local ones applied now, others forwarded.
     fn batch(
         &mut self,
+        now_ms: u64,
         header: &Header,
         body: &[u8],
         decode: impl Fn(&[u8]) -> Result<Op, ReservedNotZero>,
@@ -380,16 +383,15 @@ impl Connection {
         Header::response(opcode as u8, header.request_id, Status::Ok, count as u16, body_len as u32)
             .append_to(&mut self.out);
         self.out.resize(base + HEADER_SIZE + body_len, 0);
-        let now = self.core.now_ms();
+        // A pending slot is taken only when an operation cannot be answered inline.
         let mut slot: Option<u32> = None;
         let mut waiting = 0u32;
         for (index, rec) in body.chunks_exact(in_size).enumerate() {
             let op = decode(rec).expect("validated above");
             let at_offset = base + HEADER_SIZE + index * out_size;
-            let frame = *slot.get_or_insert_with(|| self.reserve_slot());
-            let at = FrameRef { conn: self.id, frame, index: index as u16 };
             if let Op::Lookup(lookup) = op {
                 if lookup.user == 0 && lookup.id != 0 {
+                    let at = self.frame_ref(&mut slot, index);
                     waiting += 1;
                     let core = self.core.clone();
                     glommio::spawn_local(async move {
@@ -402,21 +404,23 @@ impl Connection {
             }
             let home = self.core.home_of(op.user());
             if home == self.core.core || op.user() == 0 {
-                match self.core.apply_local(now, op, at) {
-                    Some(output) => output.encode(&mut self.out[at_offset..at_offset + out_size]),
-                    None => waiting += 1,
+                match self.core.apply_local(now_ms, op) {
+                    Ok(output) => output.encode(&mut self.out[at_offset..at_offset + out_size]),
+                    Err(ticket) => {
+                        let at = self.frame_ref(&mut slot, index);
+                        self.core.park(ticket, at);
+                        waiting += 1;
+                    }
                 }
             } else if self.core.admit_forwards(1) {
+                let at = self.frame_ref(&mut slot, index);
                 self.forwards[home as usize].push((at, op));
                 waiting += 1;
             } else {
                 busy_output(opcode).encode(&mut self.out[at_offset..at_offset + out_size]);
             }
         }
-        let slot = slot.expect("a batch has at least one operation");
-        if waiting == 0 {
-            self.release_slot(slot);
-        } else {
+        if let Some(slot) = slot {
             let bytes = self.out[base..].to_vec();
             self.out.truncate(base);
             self.pending[slot as usize] = Some(PendingFrame { bytes, record_size: out_size, remaining: waiting });
@@ -424,14 +428,18 @@ impl Connection {
         Ok(())
     }
 
-    /// Takes a pending slot for a frame that may need one; released if it completes inline.
-    fn reserve_slot(&mut self) -> u32 {
-        self.alloc_pending(PendingFrame { bytes: Vec::new(), record_size: 0, remaining: 0 })
-    }
-
-    fn release_slot(&mut self, slot: u32) {
-        self.pending[slot as usize] = None;
-        self.free.push(slot);
+    /// Where operation `index` of the frame being read will be answered: the frame's
+    /// pending slot, taken on first use.
+    fn frame_ref(&mut self, slot: &mut Option<u32>, index: usize) -> FrameRef {
+        let frame = match *slot {
+            Some(frame) => frame,
+            None => {
+                let frame = self.alloc_pending(PendingFrame { bytes: Vec::new(), record_size: 0, remaining: 0 });
+                *slot = Some(frame);
+                frame
+            }
+        };
+        FrameRef { conn: self.id, frame, index: index as u16 }
     }
 
     fn send_forwards(&mut self) {

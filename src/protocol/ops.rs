@@ -85,7 +85,7 @@ pub struct ReserveOp {
     pub user: u128,
     /// Pool id.
     pub pool: u32,
-    /// Units to hold; at least 1.
+    /// Units to hold: 1 to 536,870,911 (2^29 - 1).
     pub qty: u32,
     /// Hold time in milliseconds; 0 means the pool's default.
     pub ttl_ms: u32,

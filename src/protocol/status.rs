@@ -45,7 +45,7 @@ pub enum Status {
     PoolInactive = 21,
     /// The pool as a whole cannot satisfy the requested quantity.
     SoldOut = 22,
-    /// The quantity is zero.
+    /// The quantity is zero or above 536,870,911 (2^29 - 1).
     InvalidQuantity = 23,
     /// The TTL is zero where one is required, or above the pool's maximum.
     InvalidTtl = 24,

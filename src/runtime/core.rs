@@ -201,17 +201,15 @@ impl CoreRuntime {
         home_core(user, self.cores)
     }
 
-    /// Applies an operation of a user homed here. `Some(output)` when decided now; `None`
-    /// when parked (its result will be delivered to `at`'s connection later).
-    pub fn apply_local(&self, now_ms: u64, op: Op, at: FrameRef) -> Option<OpOutput> {
-        let output = self.apply_op(now_ms, op);
-        match output {
-            Ok(out) => Some(out),
-            Err(ticket) => {
-                self.tickets.borrow_mut().insert(ticket, Dest::Local(at));
-                None
-            }
-        }
+    /// Applies an operation of a user homed here: its result, or `Err(ticket)` when a
+    /// reserve waits for borrowed units (then call [`Self::park`]).
+    pub fn apply_local(&self, now_ms: u64, op: Op) -> Result<OpOutput, u64> {
+        self.apply_op(now_ms, op)
+    }
+
+    /// Sends the late result of parked reserve `ticket` to `at`'s connection.
+    pub fn park(&self, ticket: u64, at: FrameRef) {
+        self.tickets.borrow_mut().insert(ticket, Dest::Local(at));
     }
 
     /// Applies one operation; `Err(ticket)` when a reserve is parked.

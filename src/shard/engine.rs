@@ -37,7 +37,7 @@
 
 use std::collections::HashMap;
 
-use super::holds::{Hold, HoldTable};
+use super::holds::{HOLD_QTY_MAX, Hold, HoldTable};
 use super::pool::{Bank, BankMode, Demand, POOL_CAPACITY_MAX, Parked, PoolDef, PoolSlot, Shard};
 use super::wheel::TimerWheel;
 use crate::protocol::control::{PoolCreate, PoolInfo, PoolKind, ShardStatus, valid_pool_name};
@@ -393,7 +393,7 @@ impl Engine {
             Err(result) => return Reply::Done(result),
         };
         if self.pools[p].shard.waiting.is_empty() {
-            if let Attempt::Done(result) = self.attempt(now_ms, p, op) {
+            if let Attempt::Done(result) = self.take(now_ms, p, op) {
                 return Reply::Done(result);
             }
         }
@@ -433,7 +433,7 @@ impl Engine {
         if op.user == 0 {
             return refuse(Status::InvalidUser);
         }
-        if op.qty == 0 {
+        if op.qty == 0 || op.qty > HOLD_QTY_MAX {
             return refuse(Status::InvalidQuantity);
         }
         let Some(p) = self.pool_index(op.pool) else { return refuse(Status::PoolNotFound) };
@@ -446,11 +446,11 @@ impl Engine {
         }
         if let Some(slot) = self.holds.find(op.id) {
             let h = self.holds.get(slot);
-            return Err(if h.pool != op.pool {
+            return Err(if h.pool() != op.pool {
                 OpResult::status(Status::IdExistsWithDifferentPool)
             } else if h.user() != op.user {
                 OpResult::status(Status::IdExistsWithDifferentUser)
-            } else if h.qty != op.qty {
+            } else if h.qty() != op.qty {
                 OpResult::status(Status::IdExistsWithDifferentQuantity)
             } else {
                 let mut r = self.result_of(slot, Status::Ok);
@@ -473,6 +473,11 @@ impl Engine {
         if let Err(result) = self.precheck_reserve(op) {
             return Attempt::Done(result);
         }
+        self.take(now_ms, p, op)
+    }
+
+    /// Holds the units of a reserve that passed its prechecks, if the shard has them.
+    fn take(&mut self, now_ms: u64, p: usize, op: &ReserveOp) -> Attempt {
         let slot = &mut self.pools[p];
         if slot.shard.available() < op.qty as u64 {
             return Attempt::Short;
@@ -493,12 +498,12 @@ impl Engine {
     fn result_of(&self, slot: u32, status: Status) -> OpResult {
         let h = self.holds.get(slot);
         let state = h.state();
-        let available = self.pool_index(h.pool).map_or(u64::MAX, |p| self.pools[p].shard.available());
+        let available = self.pool_index(h.pool()).map_or(u64::MAX, |p| self.pools[p].shard.available());
         OpResult {
             status: status as u8,
             state: state as u8,
             flags: 0,
-            expires_at_ms: if state == ReservationState::Held { h.when_ms } else { 0 },
+            expires_at_ms: if state == ReservationState::Held { h.when_ms() } else { 0 },
             available,
         }
     }
@@ -540,10 +545,10 @@ impl Engine {
             ReservationState::Expired => self.result_of(slot, Status::Expired),
             ReservationState::Held => {
                 let h = *self.holds.get(slot);
-                let p = self.pool_index(h.pool).expect("hold of a known pool");
+                let p = self.pool_index(h.pool()).expect("hold of a known pool");
                 let shard = &mut self.pools[p].shard;
-                shard.held -= h.qty as u64;
-                shard.confirmed += h.qty as u64;
+                shard.held -= h.qty() as u64;
+                shard.confirmed += h.qty() as u64;
                 self.finish(now_ms, slot, ReservationState::Confirmed);
                 if op.commit_ref != 0 {
                     self.commit_refs.insert(slot, op.commit_ref);
@@ -593,7 +598,7 @@ impl Engine {
             ReservationState::Released => self.result_of(slot, Status::AlreadyReleased),
             ReservationState::Expired => self.result_of(slot, Status::Expired),
             ReservationState::Held => {
-                let pool = self.holds.get(slot).pool;
+                let pool = self.holds.get(slot).pool();
                 let p = self.pool_index(pool).expect("hold of a known pool");
                 if op.ttl_ms == 0 || op.ttl_ms > self.pools[p].def.hold_ttl_ms_max {
                     return self.result_of(slot, Status::InvalidTtl);
@@ -601,7 +606,7 @@ impl Engine {
                 // Extending only moves the expiry later, so the record can stay filed in the
                 // wheel at its old deadline; when that comes up it is filed at the new one.
                 let h = self.holds.get_mut(slot);
-                h.when_ms = h.when_ms.max(now_ms + op.ttl_ms as u64);
+                h.set_when_ms(h.when_ms().max(now_ms + op.ttl_ms as u64));
                 self.result_of(slot, Status::Ok)
             }
             ReservationState::None => unreachable!("indexed records are never in state none"),
@@ -622,9 +627,9 @@ impl Engine {
         LookupResult {
             status: Status::Ok as u8,
             state: h.state() as u8,
-            qty: h.qty,
-            pool: h.pool,
-            expires_at_ms: h.when_ms,
+            qty: h.qty(),
+            pool: h.pool(),
+            expires_at_ms: h.when_ms(),
             user: h.user(),
             commit_ref: self.commit_refs.get(&slot).copied().unwrap_or(0),
         }
@@ -642,14 +647,14 @@ impl Engine {
     fn finish(&mut self, now_ms: u64, slot: u32, state: ReservationState) {
         let h = self.holds.get_mut(slot);
         h.set_state(state);
-        h.when_ms = h.when_ms.max(now_ms + self.cfg.retention_ms);
+        h.set_when_ms(h.when_ms().max(now_ms + self.cfg.retention_ms));
     }
 
     /// Returns a held reservation's units to its shard; answers the pool index.
     fn give_back(&mut self, now_ms: u64, slot: u32, state: ReservationState) -> usize {
         let h = *self.holds.get(slot);
-        let p = self.pool_index(h.pool).expect("hold of a known pool");
-        self.pools[p].shard.held -= h.qty as u64;
+        let p = self.pool_index(h.pool()).expect("hold of a known pool");
+        self.pools[p].shard.held -= h.qty() as u64;
         self.finish(now_ms, slot, state);
         p
     }
@@ -661,16 +666,16 @@ impl Engine {
         }
         while let Some(slot) = self.wheel.next_due(now_ms, &mut self.holds) {
             let h = *self.holds.get(slot);
-            if h.when_ms > now_ms {
-                self.wheel.insert(slot, h.when_ms, &mut self.holds);
+            if h.when_ms() > now_ms {
+                self.wheel.insert(slot, h.when_ms(), &mut self.holds);
                 continue;
             }
             match h.state() {
                 ReservationState::Held => {
                     // Expired at exactly its deadline; kept until deadline + retention.
-                    let p = self.give_back(h.when_ms, slot, ReservationState::Expired);
+                    let p = self.give_back(h.when_ms(), slot, ReservationState::Expired);
                     self.stats.expirations += 1;
-                    let when = self.holds.get(slot).when_ms;
+                    let when = self.holds.get(slot).when_ms();
                     self.wheel.insert(slot, when, &mut self.holds);
                     self.pump(now_ms, p);
                 }
@@ -949,7 +954,7 @@ impl Engine {
         let mut held = vec![0u64; self.pools.len()];
         for (_, h) in self.holds.iter() {
             if h.state() == ReservationState::Held {
-                held[h.pool as usize - 1] += h.qty as u64;
+                held[h.pool() as usize - 1] += h.qty() as u64;
             }
         }
         for (slot, sum) in self.pools.iter().zip(held) {

@@ -1,7 +1,8 @@
 //! The reservation table of one core: fixed-size records in a slab allocated once at start
 //! (from `holds_max_per_core`), and an index from reservation id to slab slot that stores
-//! only the 4-byte slot. A held reservation costs 56 bytes of record plus about 6 bytes of
-//! index; inserting one allocates nothing.
+//! only the 4-byte slot. A held reservation costs 52 bytes of record plus 5 to 9 bytes of
+//! index (4-byte slot and 1 control byte per bucket, at a load factor between 7/16 and
+//! 7/8); inserting one allocates nothing.
 
 use std::hash::BuildHasher;
 
@@ -10,44 +11,48 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 use super::wheel::{Links, NIL};
 use crate::protocol::ReservationState;
 
-/// One reservation. `id` and `user` are split into 64-bit halves to keep the record
-/// 8-byte aligned (a `u128` field would pad it to 64 bytes).
+/// The largest quantity one reservation can hold: the record keeps its state in the top
+/// three bits of the quantity's word.
+pub const HOLD_QTY_MAX: u32 = (1 << 29) - 1;
+const QTY_BITS: u32 = 29;
+
+/// One reservation, 52 bytes with 4-byte alignment: ids and the time are stored as 32-bit
+/// words (a `u128` or `u64` field would pad the record), and the state shares a word with
+/// the quantity. With the index, a live hold costs about 60 bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hold {
-    id: [u64; 2],
-    user: [u64; 2],
+    id: [u32; 4],
+    user: [u32; 4],
     /// Held: when the hold expires. Final: when the record is purged (ms since the epoch).
-    pub when_ms: u64,
-    /// Units.
-    pub qty: u32,
+    when_ms: [u32; 2],
+    /// Quantity in the low 29 bits, [`ReservationState`] in the top 3.
+    qty_state: u32,
     /// Pool id.
-    pub pool: u32,
+    pool: u32,
     /// Timer-wheel link, or the free-list link of an unused slot.
     next: u32,
-    /// [`ReservationState`] as a byte.
-    state: u8,
 }
 
-const _: () = assert!(std::mem::size_of::<Hold>() == 56);
+const _: () = assert!(std::mem::size_of::<Hold>() == 52);
 
-fn split(v: u128) -> [u64; 2] {
-    [v as u64, (v >> 64) as u64]
+fn split(v: u128) -> [u32; 4] {
+    [v as u32, (v >> 32) as u32, (v >> 64) as u32, (v >> 96) as u32]
 }
-fn join(v: [u64; 2]) -> u128 {
-    v[0] as u128 | ((v[1] as u128) << 64)
+fn join(v: [u32; 4]) -> u128 {
+    v[0] as u128 | (v[1] as u128) << 32 | (v[2] as u128) << 64 | (v[3] as u128) << 96
 }
 
 impl Hold {
-    /// A new held reservation.
+    /// A new held reservation (`qty` at most [`HOLD_QTY_MAX`]).
     pub fn new(id: u128, user: u128, pool: u32, qty: u32, expires_at_ms: u64) -> Self {
+        assert!(qty <= HOLD_QTY_MAX, "quantity checked by the caller");
         Hold {
             id: split(id),
             user: split(user),
-            when_ms: expires_at_ms,
-            qty,
+            when_ms: [expires_at_ms as u32, (expires_at_ms >> 32) as u32],
+            qty_state: qty | (ReservationState::Held as u32) << QTY_BITS,
             pool,
             next: NIL,
-            state: ReservationState::Held as u8,
         }
     }
     /// Reservation id.
@@ -58,13 +63,32 @@ impl Hold {
     pub fn user(&self) -> u128 {
         join(self.user)
     }
+    /// Units.
+    pub fn qty(&self) -> u32 {
+        self.qty_state & HOLD_QTY_MAX
+    }
+    /// Pool id.
+    pub fn pool(&self) -> u32 {
+        self.pool
+    }
+    /// Held: when the hold expires. Final: when the record is purged (ms since the epoch).
+    pub fn when_ms(&self) -> u64 {
+        self.when_ms[0] as u64 | (self.when_ms[1] as u64) << 32
+    }
+    /// Sets [`Self::when_ms`].
+    pub fn set_when_ms(&mut self, when_ms: u64) {
+        self.when_ms = [when_ms as u32, (when_ms >> 32) as u32];
+    }
     /// Current state.
     pub fn state(&self) -> ReservationState {
-        ReservationState::from_u8(self.state).expect("valid state byte")
+        ReservationState::from_u8((self.qty_state >> QTY_BITS) as u8).expect("valid state bits")
     }
     /// Moves to `state`.
     pub fn set_state(&mut self, state: ReservationState) {
-        self.state = state as u8;
+        self.qty_state = self.qty() | (state as u32) << QTY_BITS;
+    }
+    fn is_free(&self) -> bool {
+        self.state() == ReservationState::None
     }
 }
 
@@ -143,7 +167,7 @@ impl HoldTable {
         let entry = self.index.find_entry(hash, |&s| slab[s as usize].id() == id).expect("indexed record");
         entry.remove();
         self.slab[slot as usize].next = self.free_head;
-        self.slab[slot as usize].state = ReservationState::None as u8;
+        self.slab[slot as usize].set_state(ReservationState::None);
         self.free_head = slot;
         self.len -= 1;
     }
@@ -163,7 +187,7 @@ impl HoldTable {
         self.slab
             .iter()
             .enumerate()
-            .filter(|(_, h)| h.state != ReservationState::None as u8)
+            .filter(|(_, h)| !h.is_free())
             .map(|(i, h)| (i as u32, h))
     }
 }
@@ -185,12 +209,16 @@ mod tests {
     fn insert_find_remove_reuse() {
         let mut t = HoldTable::with_capacity(3);
         let a = t.insert(Hold::new(10, 1, 1, 2, 100)).unwrap();
-        let b = t.insert(Hold::new(u128::MAX, 2, 1, 3, 100)).unwrap();
+        let b = t.insert(Hold::new(u128::MAX, 2, 1, HOLD_QTY_MAX, u64::MAX - 1)).unwrap();
         let c = t.insert(Hold::new(12, 3, 1, 1, 100)).unwrap();
         assert!(t.is_full());
         assert_eq!(t.insert(Hold::new(13, 3, 1, 1, 100)), None);
         assert_eq!(t.find(u128::MAX), Some(b));
         assert_eq!(t.get(b).user(), 2);
+        assert_eq!((t.get(b).qty(), t.get(b).when_ms(), t.get(b).id()), (HOLD_QTY_MAX, u64::MAX - 1, u128::MAX));
+        assert_eq!(t.get(b).state(), ReservationState::Held);
+        t.get_mut(b).set_state(ReservationState::Expired);
+        assert_eq!((t.get(b).qty(), t.get(b).state()), (HOLD_QTY_MAX, ReservationState::Expired));
         t.remove(a);
         assert_eq!(t.find(10), None);
         assert_eq!(t.len(), 2);

@@ -131,7 +131,7 @@ impl Model {
         if op.user == 0 {
             return refuse(Status::InvalidUser);
         }
-        if op.qty == 0 {
+        if op.qty == 0 || op.qty > crate::shard::holds::HOLD_QTY_MAX {
             return refuse(Status::InvalidQuantity);
         }
         let Some(pool) = self.pools.get(&op.pool) else { return refuse(Status::PoolNotFound) };
