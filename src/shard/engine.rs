@@ -194,7 +194,9 @@ pub struct Engine {
     pools: Vec<PoolSlot>,
     names: HashMap<Box<str>, u32>,
     holds: HoldTable,
-    commit_refs: HashMap<u32, u128>,
+    /// Commit reference of each slot's confirmed reservation (0: none), indexed by slot.
+    /// Allocated zeroed at start; the OS hands out its pages only as slots are confirmed.
+    commit_refs: Vec<u128>,
     wheel: TimerWheel,
     outbox: Vec<Envelope>,
     completions: Vec<Completion>,
@@ -212,7 +214,7 @@ impl Engine {
             pools: Vec::new(),
             names: HashMap::new(),
             holds: HoldTable::with_capacity(cfg.holds_max),
-            commit_refs: HashMap::new(),
+            commit_refs: vec![0; cfg.holds_max as usize],
             wheel: TimerWheel::new(now_ms),
             outbox: Vec::new(),
             completions: Vec::new(),
@@ -535,7 +537,7 @@ impl Engine {
         };
         match self.holds.get(slot).state() {
             ReservationState::Confirmed => {
-                if self.commit_refs.get(&slot).copied().unwrap_or(0) == op.commit_ref {
+                if self.commit_refs[slot as usize] == op.commit_ref {
                     self.repeat_of(slot)
                 } else {
                     self.result_of(slot, Status::ConfirmedWithDifferentRef)
@@ -550,9 +552,7 @@ impl Engine {
                 shard.held -= h.qty() as u64;
                 shard.confirmed += h.qty() as u64;
                 self.finish(now_ms, slot, ReservationState::Confirmed);
-                if op.commit_ref != 0 {
-                    self.commit_refs.insert(slot, op.commit_ref);
-                }
+                self.commit_refs[slot as usize] = op.commit_ref;
                 self.result_of(slot, Status::Ok)
             }
             ReservationState::None => unreachable!("indexed records are never in state none"),
@@ -631,7 +631,7 @@ impl Engine {
             pool: h.pool(),
             expires_at_ms: h.when_ms(),
             user: h.user(),
-            commit_ref: self.commit_refs.get(&slot).copied().unwrap_or(0),
+            commit_ref: self.commit_refs[slot as usize],
         }
     }
 
@@ -680,7 +680,7 @@ impl Engine {
                     self.pump(now_ms, p);
                 }
                 _ => {
-                    self.commit_refs.remove(&slot);
+                    self.commit_refs[slot as usize] = 0;
                     self.holds.remove(slot);
                 }
             }
@@ -715,7 +715,8 @@ impl Engine {
     /// Removes parked reserve `ticket` from pool `p`'s line.
     fn unpark(&mut self, p: usize, ticket: u64) -> Option<Parked> {
         let waiting = &mut self.pools[p].shard.waiting;
-        let pos = waiting.iter().position(|w| w.ticket == ticket)?;
+        // Tickets are handed out in increasing order and the line keeps that order.
+        let pos = waiting.binary_search_by_key(&ticket, |w| w.ticket).ok()?;
         self.parked_total -= 1;
         waiting.remove(pos)
     }
@@ -914,7 +915,7 @@ impl Engine {
     /// Decides parked reserve `ticket` now: held if it fits, else `refusal` (or, without a
     /// refusal, it waits again and asks anew).
     fn serve_ticket(&mut self, now_ms: u64, p: usize, ticket: u64, refusal: Option<OpResult>) {
-        let Some(pos) = self.pools[p].shard.waiting.iter().position(|w| w.ticket == ticket) else { return };
+        let Ok(pos) = self.pools[p].shard.waiting.binary_search_by_key(&ticket, |w| w.ticket) else { return };
         let parked = self.pools[p].shard.waiting[pos];
         match (self.attempt(now_ms, p, &parked.op), refusal) {
             (Attempt::Done(result), _) | (Attempt::Short, Some(result)) => {

@@ -184,11 +184,7 @@ impl HoldTable {
 
     /// Every live record, in slot order (for audits and snapshots; not for the hot path).
     pub fn iter(&self) -> impl Iterator<Item = (u32, &Hold)> {
-        self.slab
-            .iter()
-            .enumerate()
-            .filter(|(_, h)| !h.is_free())
-            .map(|(i, h)| (i as u32, h))
+        self.slab.iter().enumerate().filter(|(_, h)| !h.is_free()).map(|(i, h)| (i as u32, h))
     }
 }
 

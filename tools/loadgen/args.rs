@@ -1,0 +1,329 @@
+//! The command line, and the plan it resolves to.
+//!
+//! Flags that a `--shape` preset sets are `Option`s here: the plan takes an explicit flag
+//! first, then the preset's value, then the default. Every other flag has a plain default.
+//! [`Plan::resolve`] checks all values together, so that a bad combination is refused
+//! before anything touches the server.
+
+use clap::{Parser, ValueEnum};
+
+/// What the operations of a run are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Workload {
+    /// Ping frames: the I/O ceiling. One ping per frame whatever --ops-per-frame says
+    /// (ping carries no records).
+    Ping,
+    /// Reserve batches; every hold stays until its TTL ends.
+    Reserve,
+    /// Reserve, then confirm every successful hold in a later frame.
+    ReserveConfirm,
+    /// Reserve, then release a fraction (--release-ratio) of the successful holds in a
+    /// later frame; the rest expire (short default TTL).
+    Churn,
+}
+
+impl Workload {
+    /// The name used in the report (the flag's spelling).
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Ping => "ping",
+            Workload::Reserve => "reserve",
+            Workload::ReserveConfirm => "reserve-confirm",
+            Workload::Churn => "churn",
+        }
+    }
+}
+
+/// Where connections go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Every connection to --server, the shared port; the server forwards operations of
+    /// users homed on another core.
+    Plain,
+    /// Connections spread over the core ports from hello; each sends only operations of
+    /// users homed on its core, so no operation is forwarded.
+    ShardAware,
+}
+
+impl Mode {
+    /// The name used in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Plain => "plain",
+            Mode::ShardAware => "shard-aware",
+        }
+    }
+}
+
+/// How an index (a user, a pool) is chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Dist {
+    /// Every index equally likely.
+    Uniform,
+    /// Zipf with exponent --zipf-theta: the first (user 1, pool <prefix>-0) is the hottest.
+    Zipf,
+}
+
+impl Dist {
+    /// The name used in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Dist::Uniform => "uniform",
+            Dist::Zipf => "zipf",
+        }
+    }
+}
+
+/// Presets for the workload's shape; explicit flags override what they set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Shape {
+    /// One hot pool, zipf users (--pools 1 --user-dist zipf).
+    FlashSale,
+    /// Many small pools, short holds: --pools 1000 --pool-dist zipf --workload churn.
+    Telecom,
+}
+
+impl Shape {
+    /// The name used in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::FlashSale => "flash-sale",
+            Shape::Telecom => "telecom",
+        }
+    }
+}
+
+/// `shardcap-loadgen`: a line-rate load generator for the shardcap binary protocol.
+#[derive(Debug, Parser)]
+#[command(name = "shardcap-loadgen", version)]
+pub struct Args {
+    /// The server's shared data port (setup always goes there; plain-mode connections too).
+    #[arg(long, default_value = "127.0.0.1:7400")]
+    pub server: String,
+    /// plain: all connections to --server; shard-aware: connections spread over the core
+    /// ports, each sending only operations of users homed on its core.
+    #[arg(long, value_enum, default_value_t = Mode::Plain)]
+    pub mode: Mode,
+    /// What to send [default: reserve; churn with --shape telecom].
+    #[arg(long, value_enum)]
+    pub workload: Option<Workload>,
+    /// Shape preset: flash-sale (1 pool, zipf users) or telecom (1000 pools, zipf pool
+    /// choice, churn). Explicit flags override it.
+    #[arg(long, value_enum)]
+    pub shape: Option<Shape>,
+    /// Executor threads (unpinned); connections are split among them round-robin.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub threads: u16,
+    /// TCP connections in total.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub connections: u32,
+    /// Frames in flight per connection at most (closed loop: always this many).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=65_535))]
+    pub depth: u32,
+    /// Operations per batch frame (ping: always one per frame).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub ops_per_frame: u16,
+    /// Open loop: total intended operations per second over all connections; 0 = closed loop.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Open loop: send times are rounded up to a multiple of this tick, in µs, so that the
+    /// connections of a thread wake together (each wake of an executor costs several µs of
+    /// CPU; one per frame would make this client the bottleneck). Latency still runs from
+    /// the intended time, so the rounding is measured, not hidden. 0: no rounding.
+    #[arg(long, default_value_t = 100)]
+    pub open_tick_us: u64,
+    /// Units per reserve.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub qty: u32,
+    /// Hold TTL of every reserve, in ms [default: 60000; 2000 for churn]. Also the pools'
+    /// default TTL; their maximum is max(ttl, 900000).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub ttl_ms: Option<u32>,
+    /// churn: the fraction of successful holds released in a later frame (0..=1).
+    #[arg(long, default_value_t = 0.5)]
+    pub release_ratio: f64,
+    /// Number of users; user ids are 1..=N (index + 1 as u128).
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub users: u64,
+    /// How users are chosen [default: uniform; zipf with --shape flash-sale].
+    #[arg(long, value_enum)]
+    pub user_dist: Option<Dist>,
+    /// Exponent of the zipf distributions (users and pools).
+    #[arg(long, default_value_t = 0.99)]
+    pub zipf_theta: f64,
+    /// Number of pools, created before the run as <prefix>-0 .. <prefix>-(N-1)
+    /// [default: 1; 1000 with --shape telecom].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub pools: Option<u32>,
+    /// How pools are chosen [default: uniform; zipf with --shape telecom].
+    #[arg(long, value_enum)]
+    pub pool_dist: Option<Dist>,
+    /// Prefix of the pool names.
+    #[arg(long, default_value = "lg")]
+    pub pool_prefix: String,
+    /// Capacity of each created pool, in units.
+    #[arg(long, default_value_t = 1_000_000_000_000_000_000)]
+    pub capacity: u64,
+    /// Measured run time in seconds, after the warmup.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration_s: f64,
+    /// Warmup in seconds: load is sent, nothing is recorded.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup_s: f64,
+    /// Stop sending once this many operations were sent in total (warmup included), then
+    /// drain; e.g. to fill the server with N holds.
+    #[arg(long)]
+    pub max_ops: Option<u64>,
+    /// Seed of the user and pool choices (default: random). Reservation ids stay unique
+    /// across runs whatever the seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Print exactly one JSON object on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The run, with presets and defaults applied and every value checked.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The shared data port, as given.
+    pub server: String,
+    /// Where connections go.
+    pub mode: Mode,
+    /// What is sent.
+    pub workload: Workload,
+    /// The preset, if any (for the report).
+    pub shape: Option<Shape>,
+    /// Executor threads.
+    pub threads: u16,
+    /// Connections in total.
+    pub connections: u32,
+    /// Frames in flight per connection at most.
+    pub depth: u32,
+    /// Operations per batch frame.
+    pub ops_per_frame: u16,
+    /// Intended operations per second in total; 0 = closed loop.
+    pub rate_ops_per_s: f64,
+    /// Open loop: send times are rounded up to a multiple of this, in µs.
+    pub open_tick_us: u64,
+    /// Units per reserve.
+    pub qty: u32,
+    /// Hold TTL of every reserve, in ms.
+    pub ttl_ms: u32,
+    /// churn: fraction of successful holds released.
+    pub release_ratio: f64,
+    /// Number of users.
+    pub users: u64,
+    /// How users are chosen.
+    pub user_dist: Dist,
+    /// Zipf exponent.
+    pub zipf_theta: f64,
+    /// Number of pools.
+    pub pools: u32,
+    /// How pools are chosen.
+    pub pool_dist: Dist,
+    /// Prefix of the pool names.
+    pub pool_prefix: String,
+    /// Capacity of each pool, in units.
+    pub capacity: u64,
+    /// Measured time, in seconds.
+    pub duration_s: f64,
+    /// Warmup, in seconds.
+    pub warmup_s: f64,
+    /// Operations to send in total at most.
+    pub max_ops: Option<u64>,
+    /// Seed of the random choices.
+    pub seed: u64,
+    /// JSON output.
+    pub json: bool,
+}
+
+/// The longest hold the created pools allow, in ms (the server's default maximum).
+pub const POOL_TTL_MS_MAX_FLOOR: u32 = 900_000;
+
+impl Plan {
+    /// Applies the shape preset and the defaults, and checks every value.
+    pub fn resolve(args: Args) -> Result<Plan, String> {
+        let (preset_pools, preset_user_dist, preset_pool_dist, preset_workload) = match args.shape {
+            Some(Shape::FlashSale) => (Some(1), Some(Dist::Zipf), None, None),
+            Some(Shape::Telecom) => (Some(1000), None, Some(Dist::Zipf), Some(Workload::Churn)),
+            None => (None, None, None, None),
+        };
+        let workload = args.workload.or(preset_workload).unwrap_or(Workload::Reserve);
+        let ttl_default_ms = if workload == Workload::Churn { 2_000 } else { 60_000 };
+        let plan = Plan {
+            server: args.server,
+            mode: args.mode,
+            workload,
+            shape: args.shape,
+            threads: args.threads,
+            connections: args.connections,
+            depth: args.depth,
+            ops_per_frame: args.ops_per_frame,
+            rate_ops_per_s: args.rate,
+            open_tick_us: args.open_tick_us,
+            qty: args.qty,
+            ttl_ms: args.ttl_ms.unwrap_or(ttl_default_ms),
+            release_ratio: args.release_ratio,
+            users: args.users,
+            user_dist: args.user_dist.or(preset_user_dist).unwrap_or(Dist::Uniform),
+            zipf_theta: args.zipf_theta,
+            pools: args.pools.or(preset_pools).unwrap_or(1),
+            pool_dist: args.pool_dist.or(preset_pool_dist).unwrap_or(Dist::Uniform),
+            pool_prefix: args.pool_prefix,
+            capacity: args.capacity,
+            duration_s: args.duration_s,
+            warmup_s: args.warmup_s,
+            max_ops: args.max_ops,
+            seed: args.seed.unwrap_or_else(rand::random),
+            json: args.json,
+        };
+        plan.check()?;
+        Ok(plan)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let finite_at_least = |v: f64, min: f64| v.is_finite() && v >= min;
+        if !(finite_at_least(self.duration_s, 0.0) && self.duration_s > 0.0) {
+            return Err(format!("--duration-s {} must be a positive number", self.duration_s));
+        }
+        if !finite_at_least(self.warmup_s, 0.0) {
+            return Err(format!("--warmup-s {} must be at least 0", self.warmup_s));
+        }
+        if !finite_at_least(self.rate_ops_per_s, 0.0) {
+            return Err(format!("--rate {} must be at least 0", self.rate_ops_per_s));
+        }
+        if !(finite_at_least(self.release_ratio, 0.0) && self.release_ratio <= 1.0) {
+            return Err(format!("--release-ratio {} must be within 0..=1", self.release_ratio));
+        }
+        if !finite_at_least(self.zipf_theta, 0.0) {
+            return Err(format!("--zipf-theta {} must be at least 0", self.zipf_theta));
+        }
+        if self.capacity == 0 || self.capacity > 1 << 60 {
+            return Err(format!("--capacity {} must be within 1..=2^60", self.capacity));
+        }
+        let name_len = self.pool_prefix.len() + 1 + (self.pools - 1).to_string().len();
+        if self.pool_prefix.is_empty() || !self.pool_prefix.bytes().all(|b| b.is_ascii_graphic()) || name_len > 64 {
+            return Err(format!(
+                "--pool-prefix '{}' must be printable ASCII without spaces, short enough for 64-byte pool names",
+                self.pool_prefix
+            ));
+        }
+        Ok(())
+    }
+
+    /// True for the open loop (a target rate).
+    pub fn open_loop(&self) -> bool {
+        self.rate_ops_per_s > 0.0
+    }
+
+    /// Operations one frame carries at most (ping frames carry one).
+    pub fn frame_ops_max(&self) -> u16 {
+        if self.workload == Workload::Ping { 1 } else { self.ops_per_frame }
+    }
+
+    /// The name of pool `index`.
+    pub fn pool_name(&self, index: u32) -> String {
+        format!("{}-{index}", self.pool_prefix)
+    }
+}
