@@ -34,6 +34,8 @@ use crate::runtime::core::{ConnEvent, ConnShared, CoreRuntime};
 use crate::runtime::mesh::{FrameRef, Op, OpOutput, RpcReq, RpcResp};
 
 const READ_BUFFER_BYTES: usize = 64 << 10;
+/// Answers ready to write are not held back for forwarded ones beyond this size.
+const HOLD_BACK_MAX_BYTES: usize = 64 << 10;
 
 /// A frame waiting for results from other cores or parked reserves.
 struct PendingFrame {
@@ -87,6 +89,7 @@ pub async fn serve(core: Rc<CoreRuntime>, mut stream: TcpStream) {
         events: Vec::new(),
         eof: false,
         closing: false,
+        held_back: false,
     };
     conn.run(&mut stream).await;
     let _ = stream.close().await;
@@ -109,6 +112,8 @@ struct Connection {
     events: Vec<ConnEvent>,
     eof: bool,
     closing: bool,
+    /// The previous turn held its answers back for forwarded ones.
+    held_back: bool,
 }
 
 impl Connection {
@@ -151,10 +156,15 @@ impl Connection {
                 Wake::Events => {}
                 Wake::Failed => return,
             }
-            self.send_forwards();
+            let forwarded = self.send_forwards();
             self.core.flush_engine();
             self.apply_events();
-            if !self.out.is_empty() {
+            // Answers that are ready wait for those just forwarded to another core, so that
+            // one write carries both; at most once in a row, so they are never held longer
+            // than one round trip to the other core.
+            let hold = forwarded && !self.held_back && !self.closing && self.out.len() < HOLD_BACK_MAX_BYTES;
+            self.held_back = hold;
+            if !hold && !self.out.is_empty() {
                 if stream.write_all(&self.out).await.is_err() {
                     return;
                 }
@@ -442,13 +452,17 @@ impl Connection {
         FrameRef { conn: self.id, frame, index: index as u16 }
     }
 
-    fn send_forwards(&mut self) {
+    /// Sends the operations collected for other cores; true if there were any.
+    fn send_forwards(&mut self) -> bool {
+        let mut any = false;
         for core in 0..self.forwards.len() {
             if !self.forwards[core].is_empty() {
                 let ops = std::mem::take(&mut self.forwards[core]);
                 self.core.forward(core as u16, ops);
+                any = true;
             }
         }
+        any
     }
 
     /// Fills pending frames with the results that arrived; completed frames are answered.

@@ -7,10 +7,8 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::task::Waker;
 
-use glommio::channels::local_channel::LocalSender;
-
 use super::clock::Clock;
-use super::mesh::{FrameRef, MeshMsg, Op, OpOutput, RpcReq, RpcResp};
+use super::mesh::{FrameRef, MeshMsg, MeshOut, Op, OpOutput, RpcReq, RpcResp};
 use crate::config::Config;
 use crate::protocol::control::Hello;
 use crate::protocol::control::{CoreStats, PoolInfo, USER_HASH_XXH3_JUMP};
@@ -109,7 +107,7 @@ pub struct CoreRuntime {
     conns: RefCell<HashMap<u64, Rc<ConnShared>>>,
     next_conn: Cell<u64>,
     tickets: RefCell<HashMap<u64, Dest>>,
-    outbound: Vec<Option<LocalSender<MeshMsg>>>,
+    mesh: Rc<MeshOut>,
     forwarded_inflight: Cell<u32>,
     rpc_waiting: RefCell<HashMap<u64, flume::Sender<RpcResp>>>,
     next_token: Cell<u64>,
@@ -120,14 +118,14 @@ pub struct CoreRuntime {
 }
 
 impl CoreRuntime {
-    /// A core's runtime around its state machine; `outbound[i]` queues messages for core `i`.
+    /// A core's runtime around its state machine, sending to other cores through `mesh`.
     pub fn new(
         core: u16,
         config: Config,
         topology: Topology,
         clock: Box<dyn Clock>,
         engine: Engine,
-        outbound: Vec<Option<LocalSender<MeshMsg>>>,
+        mesh: Rc<MeshOut>,
     ) -> Self {
         let cores = config.core_count();
         CoreRuntime {
@@ -140,7 +138,7 @@ impl CoreRuntime {
             conns: RefCell::new(HashMap::new()),
             next_conn: Cell::new(1),
             tickets: RefCell::new(HashMap::new()),
-            outbound,
+            mesh,
             forwarded_inflight: Cell::new(0),
             rpc_waiting: RefCell::new(HashMap::new()),
             next_token: Cell::new(1),
@@ -248,11 +246,8 @@ impl CoreRuntime {
     }
 
     fn send(&self, to: u16, msg: MeshMsg) {
-        let sender = self.outbound[to as usize].as_ref().expect("no channel to self");
-        if sender.try_send(msg).is_err() {
-            // The queue is unbounded; it only refuses once the core is shutting down.
-            tracing::warn!(core = self.core, to, "message to a stopped core dropped");
-        }
+        debug_assert_ne!(to, self.core, "no channel to self");
+        self.mesh.send(to, msg);
     }
 
     /// Delivers one operation's result to its connection's pending frame.

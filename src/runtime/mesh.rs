@@ -120,3 +120,71 @@ pub enum MeshMsg {
     /// The reply to a control request.
     RpcReply { token: u64, resp: RpcResp },
 }
+
+/// The sending side of one core's mesh: messages go straight into the peer's channel when
+/// it has room and nothing is queued before them; otherwise they wait in a local queue
+/// that a task per peer drains in order ([`MeshOut::drain`]). No task that sends ever
+/// waits, so two cores sending to each other cannot deadlock, and the common case costs
+/// no extra task switch.
+pub struct MeshOut {
+    senders: glommio::channels::channel_mesh::Senders<MeshMsg>,
+    queues: Vec<std::cell::RefCell<std::collections::VecDeque<MeshMsg>>>,
+    /// The drain task holds a message it is waiting to send.
+    sending: Vec<std::cell::Cell<bool>>,
+    wakers: Vec<std::cell::RefCell<Option<std::task::Waker>>>,
+}
+
+impl MeshOut {
+    /// Wraps the mesh senders of a core.
+    pub fn new(senders: glommio::channels::channel_mesh::Senders<MeshMsg>) -> Self {
+        let n = senders.nr_consumers();
+        MeshOut {
+            senders,
+            queues: (0..n).map(|_| Default::default()).collect(),
+            sending: (0..n).map(|_| Default::default()).collect(),
+            wakers: (0..n).map(|_| Default::default()).collect(),
+        }
+    }
+
+    /// Sends `msg` to core `to`, in order with everything sent to it before.
+    pub fn send(&self, to: u16, msg: MeshMsg) {
+        let to = to as usize;
+        let msg = if self.queues[to].borrow().is_empty() && !self.sending[to].get() {
+            match self.senders.try_send_to(to, msg) {
+                Ok(()) => return,
+                Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(msg))) => msg,
+                Err(e) => {
+                    tracing::warn!(to, error = %e, "message to a stopped core dropped");
+                    return;
+                }
+            }
+        } else {
+            msg
+        };
+        self.queues[to].borrow_mut().push_back(msg);
+        if let Some(w) = self.wakers[to].borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Sends the messages queued for core `to` as its channel makes room; runs forever.
+    pub async fn drain(&self, to: u16) {
+        let to = to as usize;
+        loop {
+            let msg = std::future::poll_fn(|cx| match self.queues[to].borrow_mut().pop_front() {
+                Some(msg) => std::task::Poll::Ready(msg),
+                None => {
+                    *self.wakers[to].borrow_mut() = Some(cx.waker().clone());
+                    std::task::Poll::Pending
+                }
+            })
+            .await;
+            self.sending[to].set(true);
+            let sent = self.senders.send_to(to, msg).await;
+            self.sending[to].set(false);
+            if sent.is_err() {
+                tracing::warn!(to, "message to a stopped core dropped");
+            }
+        }
+    }
+}

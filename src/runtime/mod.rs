@@ -18,13 +18,12 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
 use glommio::channels::channel_mesh::MeshBuilder;
-use glommio::channels::local_channel;
 use glommio::net::TcpListener;
 use glommio::{CpuSet, Latency, LocalExecutorBuilder, Placement, Shares};
 
 use self::clock::SystemClock;
 use self::core::{CoreRuntime, Topology};
-use self::mesh::MeshMsg;
+use self::mesh::{MeshMsg, MeshOut};
 use crate::config::Config;
 use crate::net::listener::accept_loop;
 use crate::shard::Engine;
@@ -91,6 +90,7 @@ pub fn run(mut config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), Star
         let spawned = LocalExecutorBuilder::new(placement)
             .name(&format!("shardcap-core-{core}"))
             .io_memory(config.server.io_memory_bytes)
+            .spin_before_park(Duration::from_micros(config.server.spin_before_park_us))
             .spawn(move || core_main(core, config, startup, mesh));
         match spawned {
             Ok(handle) => handles.push(handle),
@@ -201,26 +201,12 @@ async fn core_main(
         let def = engine.validate_pool_create(&pool.to_request()).expect("validated with the config");
         engine.create_pool(def);
     }
-    let senders = Rc::new(senders);
-    let mut outbound = Vec::with_capacity(cores as usize);
-    for peer in 0..cores {
-        if peer == core {
-            outbound.push(None);
-            continue;
-        }
-        let (tx, rx) = local_channel::new_unbounded::<MeshMsg>();
-        outbound.push(Some(tx));
-        let senders = senders.clone();
-        glommio::spawn_local(async move {
-            while let Some(msg) = rx.recv().await {
-                if senders.send_to(peer as usize, msg).await.is_err() {
-                    break;
-                }
-            }
-        })
-        .detach();
+    let mesh = Rc::new(MeshOut::new(senders));
+    for peer in (0..cores).filter(|&p| p != core) {
+        let mesh = mesh.clone();
+        glommio::spawn_local(async move { mesh.drain(peer).await }).detach();
     }
-    let runtime = Rc::new(CoreRuntime::new(core, config.clone(), topology, Box::new(clock), engine, outbound));
+    let runtime = Rc::new(CoreRuntime::new(core, config.clone(), topology, Box::new(clock), engine, mesh));
     let mut receivers = receivers;
     for (peer, rx) in receivers.streams() {
         let runtime = runtime.clone();

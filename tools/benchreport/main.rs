@@ -96,6 +96,10 @@ struct Raw {
     #[serde(default)]
     notes: Vec<String>,
     pairs: Vec<RawPair>,
+    /// The memory measurement, when the run made one: any object; the report prints its
+    /// `holds`, `rss_bytes` and `bytes_per_hold` fields and copies it whole.
+    #[serde(default)]
+    memory: Option<Value>,
 }
 
 /// A Redis setup and the shardcap setup that keeps the same durability promise.
@@ -155,10 +159,10 @@ struct Series {
 }
 
 const REDIS: usize = 0;
-const PING: usize = 3;
-/// The shardcap reserve series, in table order.
-const RESERVE_MODES: [(usize, &str); 2] = [(1, "plain"), (2, "shard-aware")];
-const SERIES: [Series; 4] = [
+/// The shardcap reserve series in table order, each with the ping series of its mode (a
+/// reserve is compared with the I/O ceiling of the same path).
+const RESERVE_MODES: [(usize, &str, usize); 2] = [(1, "plain", 3), (2, "shard-aware", 4)];
+const SERIES: [Series; 5] = [
     Series {
         system: "redis",
         workload: "lua-reserve",
@@ -187,8 +191,16 @@ const SERIES: [Series; 4] = [
         system: "shardcap",
         workload: "ping",
         mode: "plain",
-        label: "shardcap ping (I/O ceiling)",
+        label: "shardcap ping, plain (I/O ceiling)",
         color: RGBColor(120, 120, 120),
+        dashed: true,
+    },
+    Series {
+        system: "shardcap",
+        workload: "ping",
+        mode: "shard-aware",
+        label: "shardcap ping, shard-aware (I/O ceiling)",
+        color: RGBColor(60, 60, 60),
         dashed: true,
     },
 ];
@@ -252,15 +264,16 @@ impl Pair {
         let mut rows = Vec::new();
         for &depth in &self.depths {
             let redis = self.at(REDIS, depth);
-            let ping = self.at(PING, depth);
-            let mut modes: Vec<(&'static str, Option<Point>)> = RESERVE_MODES
+            let mut modes: Vec<(&'static str, Option<Point>, Option<Point>)> = RESERVE_MODES
                 .iter()
-                .filter_map(|&(series, mode)| self.at(series, depth).map(|point| (mode, Some(point))))
+                .filter_map(|&(series, mode, ping)| {
+                    self.at(series, depth).map(|point| (mode, Some(point), self.at(ping, depth)))
+                })
                 .collect();
             if modes.is_empty() {
-                modes.push(("-", None));
+                modes.push(("-", None, None));
             }
-            for (mode, shardcap) in modes {
+            for (mode, shardcap, ping) in modes {
                 let ratio = match (shardcap, redis) {
                     (Some(s), Some(r)) if r.ops_per_sec > 0.0 => Some(s.ops_per_sec / r.ops_per_sec),
                     _ => None,
@@ -351,6 +364,7 @@ fn main() -> Result<()> {
             "rows": pair.rows().iter().map(Row::to_json).collect::<Vec<_>>(),
             "warnings": pair.warnings,
         })).collect::<Vec<_>>(),
+        "memory": raw.memory,
         "raw": raw_value,
     });
     let mut pretty = serde_json::to_string_pretty(&results)?;
@@ -441,6 +455,22 @@ fn report_text(raw: &Raw, pairs: &[Pair]) -> String {
         out.push_str(&markdown_table(&table));
         for warning in &pair.warnings {
             let _ = writeln!(out, "warning: {warning}");
+        }
+    }
+    if let Some(memory) = &raw.memory {
+        let field = |name: &str| memory.get(name).and_then(Value::as_f64);
+        if let (Some(holds), Some(rss), Some(per_hold)) = (field("holds"), field("rss_bytes"), field("bytes_per_hold"))
+        {
+            let _ = writeln!(out);
+            let _ = writeln!(
+                out,
+                "memory: {} active holds, resident {} MiB, {per_hold:.1} bytes per hold{}",
+                grouped(holds),
+                grouped(rss / (1 << 20) as f64),
+                field("bytes_per_hold_added").map_or(String::new(), |added| format!(
+                    " ({added:.1} bytes per hold added to the memory of the idle server)"
+                ))
+            );
         }
     }
     out

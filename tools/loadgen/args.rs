@@ -238,8 +238,12 @@ pub struct Plan {
     pub json: bool,
 }
 
-/// The longest hold the created pools allow, in ms (the server's default maximum).
-pub const POOL_TTL_MS_MAX_FLOOR: u32 = 900_000;
+/// The hold TTL of the pools the load generator creates, in ms. Every reserve names its
+/// own TTL, so the pools' settings do not depend on the run's flags and a re-run with
+/// another --ttl-ms reuses the same pools.
+pub const POOL_TTL_MS_DEFAULT: u32 = 60_000;
+/// The longest hold the created pools allow, in ms (one day); --ttl-ms may not exceed it.
+pub const POOL_TTL_MS_MAX: u32 = 86_400_000;
 
 impl Plan {
     /// Applies the shape preset and the defaults, and checks every value.
@@ -295,6 +299,9 @@ impl Plan {
         }
         if !(finite_at_least(self.release_ratio, 0.0) && self.release_ratio <= 1.0) {
             return Err(format!("--release-ratio {} must be within 0..=1", self.release_ratio));
+        }
+        if self.ttl_ms == 0 || self.ttl_ms > POOL_TTL_MS_MAX {
+            return Err(format!("--ttl-ms {} must be within 1..={POOL_TTL_MS_MAX}", self.ttl_ms));
         }
         if !finite_at_least(self.zipf_theta, 0.0) {
             return Err(format!("--zipf-theta {} must be at least 0", self.zipf_theta));

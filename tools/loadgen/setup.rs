@@ -3,9 +3,9 @@
 //! connection goes.
 //!
 //! Pools are created with `pool_create`; an identical repeat of a create answers ok with
-//! the existing pool, so re-runs with the same flags reuse their pools. A pool that exists
-//! with other parameters (another --capacity or --ttl-ms) is refused with `pool_exists`:
-//! the run stops there, and another --pool-prefix avoids the clash.
+//! the existing pool, so re-runs reuse their pools (the pools' TTLs are fixed; each reserve
+//! names its own). A pool that exists with another capacity is refused with
+//! `pool_exists`: the run stops there, and another --pool-prefix avoids the clash.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::mpsc::RecvTimeoutError;
@@ -15,7 +15,7 @@ use shardcap::client::Client;
 use shardcap::protocol::control::{Hello, PoolCreate, PoolKind};
 use shardcap::protocol::{HEADER_SIZE, ReserveOp, Status, home_core};
 
-use crate::args::{Mode, POOL_TTL_MS_MAX_FLOOR, Plan, Workload};
+use crate::args::{Mode, POOL_TTL_MS_DEFAULT, POOL_TTL_MS_MAX, Plan, Workload};
 
 /// How long setup waits for any one answer.
 const SETUP_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -114,8 +114,8 @@ pub fn prepare(plan: &Plan) -> Result<Setup, String> {
             let request = PoolCreate {
                 name: name.clone(),
                 capacity: plan.capacity,
-                hold_ttl_ms_default: plan.ttl_ms,
-                hold_ttl_ms_max: plan.ttl_ms.max(POOL_TTL_MS_MAX_FLOOR),
+                hold_ttl_ms_default: POOL_TTL_MS_DEFAULT,
+                hold_ttl_ms_max: POOL_TTL_MS_MAX,
                 kind: PoolKind::Counted as u8,
                 active: true,
             };
