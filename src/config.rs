@@ -10,6 +10,7 @@ use serde::Deserialize;
 use crate::protocol::HEADER_SIZE;
 use crate::protocol::control::PoolCreate;
 use crate::protocol::ops::{LookupResult, ReserveOp};
+use crate::shard::holds::HOLD_POOL_ID_MAX;
 use crate::shard::{Engine, EngineConfig};
 
 /// The configuration `shardcap serve` runs with when given no file: it listens on
@@ -109,7 +110,7 @@ pub struct Limits {
     /// Most reserves per core waiting for capacity borrowed from another core.
     /// Default `65536`.
     pub parked_reserves_max_per_core: u32,
-    /// Most pools. Default `65536`.
+    /// Most pools (at most 4,194,303: a hold names its pool in 22 bits). Default `65536`.
     pub pools_max: u32,
     /// How long a confirmed, released or expired reservation is kept for idempotent repeats
     /// and lookups, in seconds (at least until its hold would have expired). Default `3600`.
@@ -300,10 +301,13 @@ impl Config {
             ("mesh_channel_depth_messages", l.mesh_channel_depth_messages),
             ("holds_max_per_core", l.holds_max_per_core),
             ("parked_reserves_max_per_core", l.parked_reserves_max_per_core),
-            ("pools_max", l.pools_max),
         ] {
             check((1..=1 << 30).contains(&value), format!("limits.{name}: {value} is not within 1..=1073741824"));
         }
+        check(
+            (1..=HOLD_POOL_ID_MAX).contains(&l.pools_max),
+            format!("limits.pools_max: {} is not within 1..={HOLD_POOL_ID_MAX}", l.pools_max),
+        );
         check(
             l.reservation_retention_s <= 30 * 86_400,
             format!("limits.reservation_retention_s: {} is above 30 days", l.reservation_retention_s),

@@ -37,7 +37,7 @@
 
 use std::collections::HashMap;
 
-use super::holds::{HOLD_QTY_MAX, Hold, HoldTable};
+use super::holds::{HOLD_POOL_ID_MAX, HOLD_QTY_MAX, Hold, HoldTable};
 use super::pool::{Bank, BankMode, Demand, POOL_CAPACITY_MAX, Parked, PoolDef, PoolSlot, Shard};
 use super::wheel::TimerWheel;
 use crate::protocol::control::{PoolCreate, PoolInfo, PoolKind, ShardStatus, valid_pool_name};
@@ -308,7 +308,7 @@ impl Engine {
             let same = PoolDef { id, active: existing.active, ..def } == *existing;
             return if same { Ok(existing.clone()) } else { Err(Status::PoolExists) };
         }
-        if self.pools.len() as u32 >= self.cfg.pools_max {
+        if self.pools.len() as u32 >= self.cfg.pools_max.min(HOLD_POOL_ID_MAX) {
             return Err(Status::PoolsLimitReached);
         }
         Ok(def)

@@ -1,6 +1,6 @@
 //! The reservation table of one core: fixed-size records in a slab allocated once at start
 //! (from `holds_max_per_core`), and an index from reservation id to slab slot that stores
-//! only the 4-byte slot. A held reservation costs 52 bytes of record plus 5 to 9 bytes of
+//! only the 4-byte slot. A held reservation costs 48 bytes of record plus 5 to 9 bytes of
 //! index (4-byte slot and 1 control byte per bucket, at a load factor between 7/16 and
 //! 7/8); inserting one allocates nothing.
 
@@ -11,49 +11,56 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 use super::wheel::{Links, NIL};
 use crate::protocol::ReservationState;
 
-/// The largest quantity one reservation can hold: the record keeps its state in the top
-/// three bits of the quantity's word.
+/// The largest quantity one reservation can hold (29 bits of the record).
 pub const HOLD_QTY_MAX: u32 = (1 << 29) - 1;
+/// The largest pool id a record can name (22 bits of the record).
+pub const HOLD_POOL_ID_MAX: u32 = (1 << 22) - 1;
+/// The latest time a record can store: 42 bits of milliseconds since the epoch (the
+/// year 2109).
+const WHEN_MAX_MS: u64 = (1 << 42) - 1;
+const WHEN_BITS: u32 = 42;
+const LINK_BITS: u32 = 32;
 const QTY_BITS: u32 = 29;
 
-/// One reservation, 52 bytes with 4-byte alignment: ids and the time are stored as 32-bit
-/// words (a `u128` or `u64` field would pad the record), and the state shares a word with
-/// the quantity. With the index, a live hold costs about 60 bytes.
+/// One reservation in 48 bytes: the two ids, then two words that pack the rest — the time
+/// (42 bits) with the pool id (22 bits), and the wheel link (32 bits) with the quantity
+/// (29 bits) and the state (3 bits). With the index, a live hold costs about 56 bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Hold {
-    id: [u32; 4],
-    user: [u32; 4],
-    /// Held: when the hold expires. Final: when the record is purged (ms since the epoch).
-    when_ms: [u32; 2],
-    /// Quantity in the low 29 bits, [`ReservationState`] in the top 3.
-    qty_state: u32,
-    /// Pool id.
-    pool: u32,
-    /// Timer-wheel link, or the free-list link of an unused slot.
-    next: u32,
+    id: [u64; 2],
+    user: [u64; 2],
+    /// Time in the low 42 bits (held: when the hold expires; final: when the record is
+    /// purged; ms since the epoch), pool id in the high 22.
+    when_pool: u64,
+    /// Timer-wheel link (or the free-list link of an unused slot) in the low 32 bits,
+    /// quantity in the next 29, [`ReservationState`] in the top 3.
+    link_qty_state: u64,
 }
 
-const _: () = assert!(std::mem::size_of::<Hold>() == 52);
+const _: () = assert!(std::mem::size_of::<Hold>() == 48);
+const _: () = assert!(WHEN_BITS + 22 == 64 && LINK_BITS + QTY_BITS + 3 == 64);
 
-fn split(v: u128) -> [u32; 4] {
-    [v as u32, (v >> 32) as u32, (v >> 64) as u32, (v >> 96) as u32]
+fn split(v: u128) -> [u64; 2] {
+    [v as u64, (v >> 64) as u64]
 }
-fn join(v: [u32; 4]) -> u128 {
-    v[0] as u128 | (v[1] as u128) << 32 | (v[2] as u128) << 64 | (v[3] as u128) << 96
+fn join(v: [u64; 2]) -> u128 {
+    v[0] as u128 | (v[1] as u128) << 64
 }
 
 impl Hold {
-    /// A new held reservation (`qty` at most [`HOLD_QTY_MAX`]).
+    /// A new held reservation (`qty` at most [`HOLD_QTY_MAX`], `pool` at most
+    /// [`HOLD_POOL_ID_MAX`]).
     pub fn new(id: u128, user: u128, pool: u32, qty: u32, expires_at_ms: u64) -> Self {
-        assert!(qty <= HOLD_QTY_MAX, "quantity checked by the caller");
-        Hold {
+        assert!(qty <= HOLD_QTY_MAX && pool <= HOLD_POOL_ID_MAX, "checked by the caller");
+        let mut hold = Hold {
             id: split(id),
             user: split(user),
-            when_ms: [expires_at_ms as u32, (expires_at_ms >> 32) as u32],
-            qty_state: qty | (ReservationState::Held as u32) << QTY_BITS,
-            pool,
-            next: NIL,
-        }
+            when_pool: (pool as u64) << WHEN_BITS,
+            link_qty_state: NIL as u64 | (qty as u64) << LINK_BITS,
+        };
+        hold.set_when_ms(expires_at_ms);
+        hold.set_state(ReservationState::Held);
+        hold
     }
     /// Reservation id.
     pub fn id(&self) -> u128 {
@@ -65,27 +72,34 @@ impl Hold {
     }
     /// Units.
     pub fn qty(&self) -> u32 {
-        self.qty_state & HOLD_QTY_MAX
+        (self.link_qty_state >> LINK_BITS) as u32 & HOLD_QTY_MAX
     }
     /// Pool id.
     pub fn pool(&self) -> u32 {
-        self.pool
+        (self.when_pool >> WHEN_BITS) as u32
     }
     /// Held: when the hold expires. Final: when the record is purged (ms since the epoch).
     pub fn when_ms(&self) -> u64 {
-        self.when_ms[0] as u64 | (self.when_ms[1] as u64) << 32
+        self.when_pool & WHEN_MAX_MS
     }
-    /// Sets [`Self::when_ms`].
+    /// Sets [`Self::when_ms`] (times past the year 2109 are stored as that year).
     pub fn set_when_ms(&mut self, when_ms: u64) {
-        self.when_ms = [when_ms as u32, (when_ms >> 32) as u32];
+        self.when_pool = (self.when_pool & !WHEN_MAX_MS) | when_ms.min(WHEN_MAX_MS);
     }
     /// Current state.
     pub fn state(&self) -> ReservationState {
-        ReservationState::from_u8((self.qty_state >> QTY_BITS) as u8).expect("valid state bits")
+        ReservationState::from_u8((self.link_qty_state >> (LINK_BITS + QTY_BITS)) as u8).expect("valid state bits")
     }
     /// Moves to `state`.
     pub fn set_state(&mut self, state: ReservationState) {
-        self.qty_state = self.qty() | (state as u32) << QTY_BITS;
+        let keep = self.link_qty_state & ((1 << (LINK_BITS + QTY_BITS)) - 1);
+        self.link_qty_state = keep | (state as u64) << (LINK_BITS + QTY_BITS);
+    }
+    fn link(&self) -> u32 {
+        self.link_qty_state as u32
+    }
+    fn set_link(&mut self, next: u32) {
+        self.link_qty_state = (self.link_qty_state & !(u32::MAX as u64)) | next as u64;
     }
     fn is_free(&self) -> bool {
         self.state() == ReservationState::None
@@ -145,7 +159,7 @@ impl HoldTable {
         debug_assert!(self.find(hold.id()).is_none());
         let slot = if self.free_head != NIL {
             let slot = self.free_head;
-            self.free_head = self.slab[slot as usize].next;
+            self.free_head = self.slab[slot as usize].link();
             self.slab[slot as usize] = hold;
             slot
         } else {
@@ -166,7 +180,8 @@ impl HoldTable {
         let slab = &self.slab;
         let entry = self.index.find_entry(hash, |&s| slab[s as usize].id() == id).expect("indexed record");
         entry.remove();
-        self.slab[slot as usize].next = self.free_head;
+        let free_head = self.free_head;
+        self.slab[slot as usize].set_link(free_head);
         self.slab[slot as usize].set_state(ReservationState::None);
         self.free_head = slot;
         self.len -= 1;
@@ -190,10 +205,10 @@ impl HoldTable {
 
 impl Links for HoldTable {
     fn next(&self, i: u32) -> u32 {
-        self.slab[i as usize].next
+        self.slab[i as usize].link()
     }
     fn set_next(&mut self, i: u32, next: u32) {
-        self.slab[i as usize].next = next;
+        self.slab[i as usize].set_link(next);
     }
 }
 
@@ -205,13 +220,18 @@ mod tests {
     fn insert_find_remove_reuse() {
         let mut t = HoldTable::with_capacity(3);
         let a = t.insert(Hold::new(10, 1, 1, 2, 100)).unwrap();
-        let b = t.insert(Hold::new(u128::MAX, 2, 1, HOLD_QTY_MAX, u64::MAX - 1)).unwrap();
+        let b = t.insert(Hold::new(u128::MAX, 2, HOLD_POOL_ID_MAX, HOLD_QTY_MAX, WHEN_MAX_MS)).unwrap();
         let c = t.insert(Hold::new(12, 3, 1, 1, 100)).unwrap();
         assert!(t.is_full());
         assert_eq!(t.insert(Hold::new(13, 3, 1, 1, 100)), None);
         assert_eq!(t.find(u128::MAX), Some(b));
         assert_eq!(t.get(b).user(), 2);
-        assert_eq!((t.get(b).qty(), t.get(b).when_ms(), t.get(b).id()), (HOLD_QTY_MAX, u64::MAX - 1, u128::MAX));
+        let h = t.get(b);
+        assert_eq!((h.qty(), h.when_ms(), h.id(), h.pool()), (HOLD_QTY_MAX, WHEN_MAX_MS, u128::MAX, HOLD_POOL_ID_MAX));
+        t.set_next(b, 77);
+        assert_eq!((t.next(b), t.get(b).qty(), t.get(b).pool()), (77, HOLD_QTY_MAX, HOLD_POOL_ID_MAX));
+        t.get_mut(b).set_when_ms(u64::MAX);
+        assert_eq!((t.get(b).when_ms(), t.get(b).pool()), (WHEN_MAX_MS, HOLD_POOL_ID_MAX), "clamped, pool kept");
         assert_eq!(t.get(b).state(), ReservationState::Held);
         t.get_mut(b).set_state(ReservationState::Expired);
         assert_eq!((t.get(b).qty(), t.get(b).state()), (HOLD_QTY_MAX, ReservationState::Expired));
