@@ -160,8 +160,8 @@ impl Connection {
             self.core.flush_engine();
             self.apply_events();
             // Answers that are ready wait for those just forwarded to another core, so that
-            // one write carries both; at most once in a row, so they are never held longer
-            // than one round trip to the other core.
+            // one write carries both. They wait only until the connection's next wake-up
+            // (a result from another core, or more input), and never two turns in a row.
             let hold = forwarded && !self.held_back && !self.closing && self.out.len() < HOLD_BACK_MAX_BYTES;
             self.held_back = hold;
             if !hold && !self.out.is_empty() {
