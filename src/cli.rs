@@ -69,9 +69,12 @@ pub struct ServeArgs {
     /// Number of cores (0: one per CPU).
     #[arg(long)]
     pub cores: Option<u16>,
-    /// Data directory (reserved for the write-ahead log; this version keeps state in memory).
+    /// Directory of the write-ahead logs and snapshots.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// `sync`, `batch` or `none` (memory only).
+    #[arg(long)]
+    pub durability: Option<String>,
     /// First per-core port (0: OS-chosen ports).
     #[arg(long)]
     pub core_port_base: Option<u16>,
@@ -226,7 +229,15 @@ pub fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
         config.server.cores = cores;
     }
     if let Some(dir) = &args.data_dir {
-        config.server.data_dir = Some(dir.clone());
+        config.server.data_dir = dir.clone();
+    }
+    if let Some(mode) = &args.durability {
+        config.durability.mode = match mode.as_str() {
+            "sync" => crate::wal::Durability::Sync,
+            "batch" => crate::wal::Durability::Batch,
+            "none" => crate::wal::Durability::None,
+            other => anyhow::bail!("--durability {other}: expected sync, batch or none"),
+        };
     }
     if let Some(base) = args.core_port_base {
         config.server.core_port_base = base;

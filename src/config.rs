@@ -12,6 +12,7 @@ use crate::protocol::control::PoolCreate;
 use crate::protocol::ops::{LookupResult, ReserveOp};
 use crate::shard::holds::HOLD_POOL_ID_MAX;
 use crate::shard::{Engine, EngineConfig};
+use crate::wal::Durability;
 
 /// The configuration `shardcap serve` runs with when given no file: it listens on
 /// 127.0.0.1:7400 and declares one example pool named `demo`. Also in configs/default.toml.
@@ -27,6 +28,9 @@ pub struct Config {
     /// Every bound on memory and queues.
     #[serde(default)]
     pub limits: Limits,
+    /// The write-ahead log and snapshots.
+    #[serde(default)]
+    pub durability: DurabilityConfig,
     /// Pools declared at startup (created in this order, ids from 1).
     #[serde(default, rename = "pool")]
     pub pools: Vec<PoolConfig>,
@@ -50,9 +54,9 @@ pub struct ServerConfig {
     pub cores: u16,
     /// Pin each executor to its own CPU. Default `true`.
     pub pin_cores: bool,
-    /// Directory for the write-ahead log and snapshots. This version keeps its state in
-    /// memory only and does not write here yet. Default: none.
-    pub data_dir: Option<PathBuf>,
+    /// Directory of the write-ahead logs and snapshots (one subdirectory per core).
+    /// Default `shardcap-data` (relative to the working directory).
+    pub data_dir: PathBuf,
     /// Memory each executor registers with io_uring, in bytes (locked memory). Default 2 MiB.
     pub io_memory_bytes: usize,
     /// How long an idle core keeps polling for work before it sleeps, in microseconds.
@@ -76,7 +80,7 @@ impl Default for ServerConfig {
             core_port_base: 7401,
             cores: 0,
             pin_cores: true,
-            data_dir: None,
+            data_dir: PathBuf::from("shardcap-data"),
             io_memory_bytes: 2 << 20,
             spin_before_park_us: 0,
             expiry_tick_ms: 10,
@@ -133,6 +137,35 @@ impl Default for Limits {
             pools_max: 65536,
             reservation_retention_s: 3600,
             busy_retry_after_ms: 5,
+        }
+    }
+}
+
+/// The write-ahead log and snapshots.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DurabilityConfig {
+    /// `sync` (answers wait until their records are on disk), `batch` (the log is made
+    /// durable every `fsync_interval_ms`; a crash loses at most that window) or `none`
+    /// (memory only). Default `sync`.
+    pub mode: Durability,
+    /// In `batch` mode, how often the log is made durable, in ms. Default `5`.
+    pub fsync_interval_ms: u64,
+    /// A log segment file is closed and a new one started beyond this size, in bytes.
+    /// Default 64 MiB.
+    pub segment_size_bytes: u64,
+    /// A snapshot is taken after this many records since the last one (0: never).
+    /// Default `1000000`.
+    pub snapshot_interval_records: u64,
+}
+
+impl Default for DurabilityConfig {
+    fn default() -> Self {
+        DurabilityConfig {
+            mode: Durability::Sync,
+            fsync_interval_ms: 5,
+            segment_size_bytes: 64 << 20,
+            snapshot_interval_records: 1_000_000,
         }
     }
 }
@@ -315,6 +348,19 @@ impl Config {
         check(
             (1..=60_000).contains(&l.busy_retry_after_ms),
             format!("limits.busy_retry_after_ms: {} is not within 1..=60000", l.busy_retry_after_ms),
+        );
+        let d = &self.durability;
+        check(
+            (1..=1000).contains(&d.fsync_interval_ms),
+            format!("durability.fsync_interval_ms: {} is not within 1..=1000", d.fsync_interval_ms),
+        );
+        check(
+            (1 << 20..=1 << 34).contains(&d.segment_size_bytes),
+            format!("durability.segment_size_bytes: {} is not within 1 MiB..=16 GiB", d.segment_size_bytes),
+        );
+        check(
+            d.mode == Durability::None || !self.server.data_dir.as_os_str().is_empty(),
+            "server.data_dir: a log needs a directory".to_string(),
         );
         check(
             self.pools.len() as u64 <= l.pools_max as u64,

@@ -13,6 +13,7 @@
 //! - [`shard`]: the pure, deterministic state machine of one core — pools, shards, holds,
 //!   expiry and the borrowing protocol. `apply(state, now, command) -> outcome`, no I/O.
 //! - [`client`]: a blocking client with pipelining, over [`protocol`].
+//! - `wal` (feature `server`): each core's write-ahead log, snapshots and recovery.
 //! - [`config`] (feature `server`): the TOML configuration with every limit and its unit.
 
 pub mod client;
@@ -27,3 +28,5 @@ pub mod config;
 pub mod net;
 #[cfg(feature = "server")]
 pub mod runtime;
+#[cfg(feature = "server")]
+pub mod wal;

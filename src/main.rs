@@ -41,14 +41,13 @@ fn serve(args: &shardcap::cli::ServeArgs) -> anyhow::Result<()> {
     let config = serve_config(args)?;
     let filter = EnvFilter::try_from_env("SHARDCAP_LOG").unwrap_or_else(|_| EnvFilter::new(&config.server.log_level));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    if let Some(dir) = &config.server.data_dir {
-        tracing::warn!(data_dir = %dir.display(), "this version keeps its state in memory only; nothing is written to data_dir yet");
-    }
     let pools: Vec<&str> = config.pools.iter().map(|p| p.name.as_str()).collect();
     tracing::info!(
         listen = %config.server.listen,
         cores = config.core_count(),
         pinned = config.server.pin_cores,
+        durability = config.durability.mode.name(),
+        data_dir = %config.server.data_dir.display(),
         holds_max_per_core = config.limits.holds_max_per_core,
         pools = ?pools,
         "starting"

@@ -30,6 +30,8 @@
 //! fixed bug: after refusing a header, the server grew its input buffer to `32 + body_len`
 //! of the refused header (up to 4 GiB, zero-filled) before it answered.
 
+#![cfg(feature = "server")]
+
 mod common;
 
 use std::collections::HashMap;

@@ -6,6 +6,8 @@
 //! and confirmed units) and server stats (forwarded operations). Since a warmup of 0
 //! records every frame, the generator's counts must agree with the server exactly.
 
+#![cfg(feature = "tools")]
+
 mod common;
 
 use std::process::{Command, Output};

@@ -8,6 +8,8 @@
 //! any text. A command whose expected output contains an `error:` line must exit with 1,
 //! any other with 0. So the README cannot drift from what the CLI does.
 
+#![cfg(feature = "server")]
+
 mod common;
 
 use std::process::Command;

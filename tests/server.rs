@@ -6,6 +6,8 @@
 //! to it with the blocking client, and asserts exact statuses and counts. Loops that wait
 //! for the server's clock poll with a bounded deadline.
 
+#![cfg(feature = "server")]
+
 mod common;
 
 use std::collections::HashSet;

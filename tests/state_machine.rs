@@ -632,9 +632,10 @@ fn expiry_at_exact_boundaries() {
         row(0,     reserve(1, ALICE, 1, 2, 0),      S::Ok,         HELD,      0,     1_000,   &[(2, 0, 8)]),
         row(0,     reserve(2, ALICE, 1, 3, 0),      S::Ok,         HELD,      0,     1_000,   &[(5, 0, 5)]),
         row(0,     reserve(3, ALICE, 1, 4, 400),    S::Ok,         HELD,      0,     400,     &[(9, 0, 1)]),
-        // At t + T - 1 the hold is still held: confirm works.
-        // (Hold 3 expired at 400.)
-        row(999,   lookup(2, ALICE),                S::Ok,         HELD,      0,     1_000,   &[(5, 0, 5)]),
+        // At t + T - 1 the hold is still held: confirm works. (Hold 3 expired at 400; a
+        // lookup only reads, so its units come back with the next command that ticks.)
+        row(999,   lookup(2, ALICE),                S::Ok,         HELD,      0,     1_000,   &[(9, 0, 1)]),
+        row(999,   lookup(3, ALICE),                S::Ok,         EXPIRED,   0,     2_400,   &[(9, 0, 1)]),
         row(999,   confirm(1, ALICE, 1),            S::Ok,         CONFIRMED, 0,     0,       &[(3, 2, 5)]),
         // At exactly t + T it has expired and its units are back.
         row(1_000, confirm(2, ALICE, 1),            S::Expired,    EXPIRED,   0,     0,       &[(0, 2, 8)]),
@@ -695,9 +696,10 @@ fn retention_keeps_final_records_until_the_later_of_expiry_and_finish_plus_reten
         row(100,   confirm(1, ALICE, 11),            S::Ok,      CONFIRMED, 0,      0,       &[(5, 1, 4)]),
         // id 2 released at 100: kept until max(5_000, 2_100) = 5_000.
         row(100,   release(2, ALICE),                S::Ok,      RELEASED,  0,      0,       &[(3, 1, 6)]),
-        // id 3 expires at 500: kept until 500 + 2_000 = 2_500.
-        row(500,   lookup(3, ALICE),                 S::Ok,      EXPIRED,   0,      2_500,   &[(0, 1, 9)]),
-        row(2_099, lookup(1, ALICE),                 S::Ok,      CONFIRMED, 0,      2_100,   &[(0, 1, 9)]).lookup(1, 11),
+        // id 3 expires at 500: kept until 500 + 2_000 = 2_500. Lookups read without
+        // ticking: its units come back with the confirm at 2_099.
+        row(500,   lookup(3, ALICE),                 S::Ok,      EXPIRED,   0,      2_500,   &[(3, 1, 6)]),
+        row(2_099, lookup(1, ALICE),                 S::Ok,      CONFIRMED, 0,      2_100,   &[(3, 1, 6)]).lookup(1, 11),
         row(2_099, confirm(1, ALICE, 11),            S::Ok,      CONFIRMED, REPEAT, 0,       &[(0, 1, 9)]),
         row(2_100, lookup(1, ALICE),                 S::NotFound, NONE,     0,      0,       &[(0, 1, 9)]),
         row(2_100, confirm(1, ALICE, 11),            S::NotFound, NONE,     0,      0,       &[(0, 1, 9)]),
@@ -1295,8 +1297,8 @@ fn a_recalled_shard_returns_and_borrows_exactly_before_it_answers() {
         engine.take_outbox(&mut msgs);
         msgs
     };
-    let to = |to: u16, msg: PeerMsg| Envelope { to, msg };
-    let peer = |from: u16, msg: PeerMsg| Command::Peer { from, msg };
+    let to = |to: u16, seq: u64, msg: PeerMsg| Envelope { to, seq, msg };
+    let peer = |from: u16, seq: u64, msg: PeerMsg| Command::Peer { from, seq, msg };
     let reserve =
         |id: u128, user: u128, qty: u32| Command::Reserve(ReserveOp { id, user, pool: 1, qty, ttl_ms: 0, priority: 0 });
     let is_held = |o: &Outcome| matches!(o, Outcome::Reserve(Reply::Done(r)) if r.status == S::Ok as u8);
@@ -1307,34 +1309,45 @@ fn a_recalled_shard_returns_and_borrows_exactly_before_it_answers() {
     // 8 asked on core 0: parked, one aggregate borrow of the shortfall.
     let Outcome::Reserve(Reply::Parked(ticket)) = e[0].apply(T0, reserve(3, a, 8)) else { panic!("parked") };
     let borrow = PeerMsg::Borrow { pool: 1, need: 6, ticket: None };
-    assert_eq!(out(&mut e[0]), [to(1, borrow)]);
+    assert_eq!(out(&mut e[0]), [to(1, 1, borrow)]);
     // Home cannot cover 6: it recalls core 0, then tells it to borrow exactly.
-    e[1].apply(T0, peer(0, borrow));
+    e[1].apply(T0, peer(0, 1, borrow));
     let recall = PeerMsg::Recall { pool: 1 };
     let grant0 = PeerMsg::Grant { pool: 1, units: 0, ticket: None };
-    assert_eq!(out(&mut e[1]), [to(0, recall), to(0, grant0)]);
+    assert_eq!(out(&mut e[1]), [to(0, 1, recall), to(0, 2, grant0)]);
     // The recall: the 2 free units go home, then the exact borrow, then the answer (0 left).
-    e[0].apply(T0, peer(1, recall));
+    e[0].apply(T0, peer(1, 1, recall));
     let give_back = PeerMsg::Return { pool: 1, units: 2 };
     let exact = PeerMsg::Borrow { pool: 1, need: 8, ticket: Some(ticket) };
     let answer = PeerMsg::Returned { pool: 1, units: 0 };
-    assert_eq!(out(&mut e[0]), [to(1, give_back), to(1, exact), to(1, answer)]);
-    e[0].apply(T0, peer(1, grant0));
+    assert_eq!(out(&mut e[0]), [to(1, 2, give_back), to(1, 3, exact), to(1, 4, answer)]);
+    e[0].apply(T0, peer(1, 2, grant0));
     assert_eq!(out(&mut e[0]), []);
     // Home, still recalling, takes the units and queues the borrow; the answer ends the
     // recall: 7 < 8 is sold_out, with no second recall, and the pool stays drained (7 < 10).
-    for msg in [give_back, exact] {
-        e[1].apply(T0, peer(0, msg));
+    for (seq, msg) in [(2, give_back), (3, exact)] {
+        e[1].apply(T0, peer(0, seq, msg));
         assert_eq!(out(&mut e[1]), [], "{msg:?}");
         assert_eq!(e[1].shard_snapshot(1).map(|s| s.flags), Some(H | R));
     }
-    e[1].apply(T0, peer(0, answer));
+    e[1].apply(T0, peer(0, 4, answer));
     let sold_out = PeerMsg::SoldOut { pool: 1, ticket };
-    assert_eq!(out(&mut e[1]), [to(0, sold_out)]);
+    assert_eq!(out(&mut e[1]), [to(0, 3, sold_out)]);
     assert_eq!(e[1].shard_snapshot(1).map(|s| s.flags), Some(H | D));
     assert_eq!(e[1].available(1), Some(7));
-    e[0].apply(T0, peer(1, sold_out));
+    e[0].apply(T0, peer(1, 3, sold_out));
     assert_eq!(out(&mut e[0]), []);
+    // Every message is kept until acknowledged, then forgotten; a message sent again
+    // (after a crash) is recognised by its sequence number and changes nothing.
+    assert_eq!(e[0].link(1).unacked.len(), 4);
+    assert_eq!((e[0].link(1).sent, e[0].link(1).received), (4, 3));
+    e[0].apply(T0, Command::PeerAck { from: 1, seq: 3 });
+    assert_eq!(e[0].unacked(), [to(1, 4, answer)]);
+    e[0].apply(T0, Command::PeerAck { from: 1, seq: 4 });
+    assert!(e[0].unacked().is_empty());
+    let before = e[1].shard_snapshot(1);
+    e[1].apply(T0, peer(0, 3, exact));
+    assert_eq!((e[1].shard_snapshot(1), out(&mut e[1])), (before, vec![]), "a repeated message is ignored");
     let mut done = Vec::new();
     e[0].take_completions(&mut done);
     assert_eq!(done, [Completion { ticket, result: OpResult { available: 0, ..OpResult::status(S::SoldOut) } }]);

@@ -3,7 +3,7 @@
 //! Everything here is owned by one executor thread: `RefCell`/`Cell`, no locks, no atomics.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::task::Waker;
 
@@ -14,7 +14,9 @@ use crate::protocol::control::Hello;
 use crate::protocol::control::{CoreStats, PoolInfo, USER_HASH_XXH3_JUMP};
 use crate::protocol::{LookupOp, LookupResult, OpResult, Status, VERSION, home_core};
 use crate::shard::cluster::merge_lookups;
-use crate::shard::{Command, Completion, Engine, Envelope, Outcome, Reply};
+use crate::shard::{Command, Completion, Engine, Envelope, Outcome, PoolDef, Reply};
+use crate::wal::Durability;
+use crate::wal::writer::LogWriter;
 
 /// The ports every core serves, known to all cores once they are bound.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -108,6 +110,13 @@ pub struct CoreRuntime {
     next_conn: Cell<u64>,
     tickets: RefCell<HashMap<u64, Dest>>,
     mesh: Rc<MeshOut>,
+    /// This core's write-ahead log.
+    pub log: Rc<LogWriter>,
+    /// Messages that may leave only once the log has the records that produced them, with
+    /// the LSN they wait for, in sending order.
+    deferred: RefCell<VecDeque<(u64, u16, MeshMsg)>>,
+    /// The listeners, until the core starts serving.
+    listeners: RefCell<Vec<glommio::net::TcpListener>>,
     forwarded_inflight: Cell<u32>,
     rpc_waiting: RefCell<HashMap<u64, flume::Sender<RpcResp>>>,
     next_token: Cell<u64>,
@@ -120,14 +129,16 @@ pub struct CoreRuntime {
 impl CoreRuntime {
     /// A core's runtime around its state machine, sending to other cores through `mesh`.
     pub fn new(
-        core: u16,
         config: Config,
         topology: Topology,
         clock: Box<dyn Clock>,
         engine: Engine,
         mesh: Rc<MeshOut>,
+        log: Rc<LogWriter>,
+        listeners: Vec<glommio::net::TcpListener>,
     ) -> Self {
         let cores = config.core_count();
+        let core = engine.config().core;
         CoreRuntime {
             core,
             cores,
@@ -139,6 +150,9 @@ impl CoreRuntime {
             next_conn: Cell::new(1),
             tickets: RefCell::new(HashMap::new()),
             mesh,
+            log,
+            deferred: RefCell::new(VecDeque::new()),
+            listeners: RefCell::new(listeners),
             forwarded_inflight: Cell::new(0),
             rpc_waiting: RefCell::new(HashMap::new()),
             next_token: Cell::new(1),
@@ -146,6 +160,23 @@ impl CoreRuntime {
             envelopes: RefCell::new(Vec::new()),
             completions: RefCell::new(Vec::new()),
         }
+    }
+
+    /// Starts a snapshot of this core's state (see [`Engine::snapshot_begin`]): the head, and
+    /// the LSN of the last record the snapshot includes.
+    pub fn snapshot_begin(&self) -> (crate::shard::snapshot::SnapshotHead, u64) {
+        let head = self.engine.borrow_mut().snapshot_begin();
+        (head, self.log.last_lsn())
+    }
+
+    /// The next chunk of the snapshot in progress; true once complete.
+    pub fn snapshot_chunk(&self, max: usize, out: &mut Vec<crate::shard::snapshot::HoldSnap>) -> bool {
+        self.engine.borrow_mut().snapshot_chunk(max, out)
+    }
+
+    /// The limits the state machine runs with.
+    pub fn engine_config(&self) -> crate::shard::EngineConfig {
+        *self.engine.borrow().config()
     }
 
     /// The current time in ms since the Unix epoch.
@@ -210,17 +241,23 @@ impl CoreRuntime {
         self.tickets.borrow_mut().insert(ticket, Dest::Local(at));
     }
 
+    /// Applies a command to the state machine, logging it first if it can change the state.
+    /// Everything a core's state machine does goes through here, in the order of the log.
+    pub fn apply(&self, now_ms: u64, command: Command) -> Outcome {
+        self.log.append(now_ms, &command);
+        self.engine.borrow_mut().apply(now_ms, command)
+    }
+
     /// Applies one operation; `Err(ticket)` when a reserve is parked.
     fn apply_op(&self, now_ms: u64, op: Op) -> Result<OpOutput, u64> {
-        let mut engine = self.engine.borrow_mut();
         let command = match op {
             Op::Reserve(op) => Command::Reserve(op),
             Op::Confirm(op) => Command::Confirm(op),
             Op::Release(op) => Command::Release(op),
             Op::Extend(op) => Command::Extend(op),
-            Op::Lookup(op) => Command::Lookup(op),
+            Op::Lookup(op) => return Ok(OpOutput::Lookup(self.engine.borrow().lookup(now_ms, &op))),
         };
-        match engine.apply(now_ms, command) {
+        match self.apply(now_ms, command) {
             Outcome::Reserve(Reply::Done(r)) | Outcome::Op(r) => Ok(OpOutput::Op(r)),
             Outcome::Reserve(Reply::Parked(ticket)) => Err(ticket),
             Outcome::Lookup(r) => Ok(OpOutput::Lookup(r)),
@@ -243,6 +280,51 @@ impl CoreRuntime {
     pub fn forward(&self, to: u16, ops: Vec<(FrameRef, Op)>) {
         bump(&self.counters.forwarded_out, ops.len() as u64);
         self.send(to, MeshMsg::Forward { ops });
+    }
+
+    /// Sends `msg` once the log has every record applied so far (at once without a log):
+    /// what a command decided must not reach another core before the command is durable.
+    fn send_when_durable(&self, to: u16, msg: MeshMsg) {
+        let mut deferred = self.deferred.borrow_mut();
+        if self.log.mode() == Durability::None || (deferred.is_empty() && self.log.last_lsn() <= self.log.durable_lsn())
+        {
+            drop(deferred);
+            self.send(to, msg);
+        } else {
+            deferred.push_back((self.log.last_lsn(), to, msg));
+        }
+    }
+
+    /// Sends the deferred messages whose records are now durable (called by the log writer).
+    pub fn release_durable(&self, durable_lsn: u64) {
+        loop {
+            let next = {
+                let mut deferred = self.deferred.borrow_mut();
+                match deferred.front() {
+                    Some(&(lsn, _, _)) if lsn <= durable_lsn => deferred.pop_front(),
+                    _ => None,
+                }
+            };
+            let Some((_, to, msg)) = next else { return };
+            self.send(to, msg);
+        }
+    }
+
+    /// In `sync` mode, waits until everything applied so far is durable: answers to clients
+    /// wait for this.
+    pub async fn answers_durable(&self) {
+        if self.log.mode() == Durability::Sync {
+            self.log.durable(self.log.last_lsn()).await;
+        }
+    }
+
+    /// Sends results of forwarded operations: in `sync` mode only once they are durable.
+    fn send_results(&self, to: u16, results: Vec<(FrameRef, OpOutput)>) {
+        if self.log.mode() == Durability::Sync {
+            self.send_when_durable(to, MeshMsg::Results { results });
+        } else {
+            self.send(to, MeshMsg::Results { results });
+        }
     }
 
     fn send(&self, to: u16, msg: MeshMsg) {
@@ -284,7 +366,7 @@ impl CoreRuntime {
             }
         }
         for env in envelopes.drain(..) {
-            self.send(env.to, MeshMsg::Peer(env.msg));
+            self.send_when_durable(env.to, MeshMsg::Peer { seq: env.seq, msg: env.msg });
         }
         let mut remote: Vec<(u16, FrameRef, OpOutput)> = Vec::new();
         for c in completions.drain(..) {
@@ -298,16 +380,19 @@ impl CoreRuntime {
             let results: Vec<(FrameRef, OpOutput)> =
                 remote.iter().filter(|r| r.0 == core).map(|&(_, at, out)| (at, out)).collect();
             if !results.is_empty() {
-                self.send(core, MeshMsg::Results { results });
+                self.send_results(core, results);
             }
         }
     }
 
-    /// Expires due holds (run by the background ticker).
+    /// Expires due holds (run by the background ticker); logs a tick only when it may
+    /// change something.
     pub fn tick(&self) {
         let now = self.now_ms();
-        self.engine.borrow_mut().apply(now, Command::Tick);
-        self.flush_engine();
+        if self.engine.borrow().tick_due(now) {
+            self.apply(now, Command::Tick);
+            self.flush_engine();
+        }
     }
 
     /// Handles a message from core `from`.
@@ -326,7 +411,7 @@ impl CoreRuntime {
                     }
                 }
                 if !results.is_empty() {
-                    self.send(from, MeshMsg::Results { results });
+                    self.send_results(from, results);
                 }
                 self.flush_engine();
             }
@@ -336,9 +421,14 @@ impl CoreRuntime {
                     self.deliver_op(at, output);
                 }
             }
-            MeshMsg::Peer(msg) => {
-                self.engine.borrow_mut().apply(now, Command::Peer { from, msg });
+            MeshMsg::Peer { seq, msg } => {
+                self.apply(now, Command::Peer { from, seq, msg });
                 self.flush_engine();
+                // The sender may forget the message once its receipt is durable here.
+                self.send_when_durable(from, MeshMsg::PeerAck { seq });
+            }
+            MeshMsg::PeerAck { seq } => {
+                self.apply(now, Command::PeerAck { from, seq });
             }
             MeshMsg::Rpc { token, req } => {
                 let this = self.clone();
@@ -401,39 +491,154 @@ impl CoreRuntime {
     async fn handle_rpc(self: &Rc<Self>, req: RpcReq) -> RpcResp {
         let now = self.now_ms();
         match req {
-            RpcReq::ShardStatus { pool } => RpcResp::Shard(self.engine.borrow_mut().shard_status(now, pool)),
-            RpcReq::Lookup(op) => RpcResp::Lookup(self.engine.borrow_mut().lookup(now, &op)),
+            RpcReq::ShardStatus { pool } => {
+                // Expire what is due first, so the status shows what is really held.
+                self.tick();
+                RpcResp::Shard(self.engine.borrow().shard_snapshot(pool))
+            }
+            RpcReq::Lookup(op) => RpcResp::Lookup(self.engine.borrow().lookup(now, &op)),
             RpcReq::Stats => RpcResp::Stats(self.stats()),
             RpcReq::ApplyCreate(def) => {
-                self.engine.borrow_mut().create_pool(def);
+                self.apply(now, Command::CreatePool(def));
+                self.catalog_durable().await;
                 RpcResp::Ack
             }
             RpcReq::ApplySetActive { pool, active } => {
-                let _ = self.engine.borrow_mut().set_pool_active(pool, active);
+                self.apply(now, Command::SetPoolActive { pool, active });
+                self.catalog_durable().await;
                 RpcResp::Ack
             }
             RpcReq::CreatePool(req) => {
                 debug_assert_eq!(self.core, 0, "core 0 owns the catalog");
-                // Validation, id choice, local apply and the broadcast happen without an
-                // await in between, so every core applies creations in core 0's order.
+                // Validation, id choice and local apply happen without an await in between,
+                // so every core applies creations in core 0's order.
                 let def = match self.engine.borrow().validate_pool_create(&req) {
                     Ok(def) => def,
                     Err(status) => return RpcResp::Pool(Err(status)),
                 };
-                let info = self.engine.borrow_mut().create_pool(def.clone());
-                tracing::info!(pool = info.id, name = %info.name, capacity = info.capacity, "pool created");
+                if self.engine.borrow().pool_info(def.id).is_some() {
+                    return RpcResp::Pool(Ok(def.info(self.cores)));
+                }
+                let Outcome::Pool(result) = self.apply(now, Command::CreatePool(def.clone())) else {
+                    unreachable!("a pool creation answers with the pool")
+                };
+                if let Ok(info) = &result {
+                    tracing::info!(pool = info.id, name = %info.name, capacity = info.capacity, "pool created");
+                }
+                self.catalog_durable().await;
                 self.broadcast(RpcReq::ApplyCreate(def)).await;
-                RpcResp::Pool(Ok(info))
+                RpcResp::Pool(result)
             }
             RpcReq::SetActive { pool, active } => {
-                let result = self.engine.borrow_mut().set_pool_active(pool, active);
+                let Outcome::Pool(result) = self.apply(now, Command::SetPoolActive { pool, active }) else {
+                    unreachable!("an activation change answers with the pool")
+                };
                 if result.is_ok() {
                     tracing::info!(pool, active, "pool activation changed");
+                    self.catalog_durable().await;
                     self.broadcast(RpcReq::ApplySetActive { pool, active }).await;
                 }
                 RpcResp::Pool(result)
             }
+            RpcReq::EnsureCatalog(defs) => match self.ensure_catalog(now, &defs) {
+                Ok(()) => {
+                    self.catalog_durable().await;
+                    RpcResp::Ack
+                }
+                Err(reason) => RpcResp::Failed(reason),
+            },
+            RpcReq::Resume => {
+                self.resume();
+                RpcResp::Ack
+            }
         }
+    }
+
+    /// Catalog changes are durable before anyone learns of them (in every mode with a log).
+    async fn catalog_durable(&self) {
+        self.log.durable(self.log.last_lsn()).await;
+    }
+
+    /// Applies the pools and activation flags of core 0's catalog this core lacks.
+    fn ensure_catalog(&self, now_ms: u64, defs: &[PoolDef]) -> Result<(), String> {
+        let mine = self.engine.borrow().pool_defs();
+        if mine.len() > defs.len() {
+            return Err(format!("core {} knows {} pools, core 0 only {}", self.core, mine.len(), defs.len()));
+        }
+        for def in defs {
+            match mine.get(def.id as usize - 1) {
+                None => {
+                    self.apply(now_ms, Command::CreatePool(def.clone()));
+                }
+                Some(have) if PoolDef { active: def.active, ..have.clone() } != *def => {
+                    return Err(format!("core {} has another definition of pool {}", self.core, def.id));
+                }
+                Some(have) if have.active != def.active => {
+                    self.apply(now_ms, Command::SetPoolActive { pool: def.id, active: def.active });
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts serving after recovery: sends again every message peers may lack (they
+    /// ignore what they already have), expires what expired while the server was down,
+    /// then accepts connections.
+    fn resume(self: &Rc<Self>) {
+        let unacked = self.engine.borrow().unacked();
+        for env in unacked {
+            self.send_when_durable(env.to, MeshMsg::Peer { seq: env.seq, msg: env.msg });
+        }
+        self.tick();
+        for listener in self.listeners.borrow_mut().drain(..) {
+            glommio::spawn_local(crate::net::listener::accept_loop(self.clone(), listener)).detach();
+        }
+    }
+
+    /// Core 0 at start-up: brings every core's catalog to core 0's, creates the pools of
+    /// the configuration that do not exist yet (refusing ones that exist with other
+    /// parameters), then lets every core start serving.
+    pub async fn start_cluster(self: &Rc<Self>, pools: &[crate::config::PoolConfig]) -> Result<(), String> {
+        let defs = self.engine.borrow().pool_defs();
+        for core in (1..self.cores).filter(|&c| c != self.core) {
+            if let RpcResp::Failed(reason) = self.rpc(core, RpcReq::EnsureCatalog(defs.clone())).await {
+                return Err(reason);
+            }
+        }
+        for pool in pools {
+            let req = pool.to_request();
+            let existing = self.engine.borrow().pool_id(&req.name).and_then(|id| self.engine.borrow().pool_info(id));
+            match existing {
+                Some(info) => {
+                    let same = (info.capacity, info.hold_ttl_ms_default, info.hold_ttl_ms_max)
+                        == (req.capacity, req.hold_ttl_ms_default, req.hold_ttl_ms_max);
+                    if !same {
+                        return Err(format!(
+                            "pool '{}' of the configuration (capacity {}, hold TTL {}..{} ms) differs from the stored pool \
+                             (capacity {}, hold TTL {}..{} ms): change the configuration to match",
+                            req.name,
+                            req.capacity,
+                            req.hold_ttl_ms_default,
+                            req.hold_ttl_ms_max,
+                            info.capacity,
+                            info.hold_ttl_ms_default,
+                            info.hold_ttl_ms_max
+                        ));
+                    }
+                }
+                None => {
+                    if let RpcResp::Pool(Err(status)) = self.handle_rpc(RpcReq::CreatePool(req.clone())).await {
+                        return Err(format!("pool '{}' of the configuration: {status}", req.name));
+                    }
+                }
+            }
+        }
+        for core in (0..self.cores).filter(|&c| c != self.core) {
+            self.rpc(core, RpcReq::Resume).await;
+        }
+        self.resume();
+        Ok(())
     }
 
     /// Sends a catalog change to every other core and waits until all applied it.

@@ -89,6 +89,12 @@ pub enum RpcReq {
     ApplyCreate(PoolDef),
     /// From core 0: apply an activation change.
     ApplySetActive { pool: u32, active: bool },
+    /// From core 0 at start-up: make the catalog equal to core 0's (after a crash, a core
+    /// may not have logged the last changes core 0 had sent it).
+    EnsureCatalog(Vec<PoolDef>),
+    /// From core 0 at start-up, once every core is recovered and the catalog agrees: send
+    /// again what peers may not have received, catch up on expiry, start serving.
+    Resume,
 }
 
 /// The answer to a control request.
@@ -104,6 +110,8 @@ pub enum RpcResp {
     Pool(Result<PoolInfo, Status>),
     /// Applied.
     Ack,
+    /// Refused, with the reason.
+    Failed(String),
 }
 
 /// A message between two cores.
@@ -113,8 +121,11 @@ pub enum MeshMsg {
     Forward { ops: Vec<(FrameRef, Op)> },
     /// Results of forwarded operations, for the core that forwarded them.
     Results { results: Vec<(FrameRef, OpOutput)> },
-    /// A borrowing message of the state machines.
-    Peer(PeerMsg),
+    /// A borrowing message of the state machines, with its sequence number on the link.
+    Peer { seq: u64, msg: PeerMsg },
+    /// The receiver holds every borrowing message up to `seq` (on durable storage when
+    /// there is a log): the sender may forget them.
+    PeerAck { seq: u64 },
     /// A control request; `token` names the reply.
     Rpc { token: u64, req: RpcReq },
     /// The reply to a control request.

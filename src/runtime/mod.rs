@@ -11,6 +11,7 @@
 pub mod clock;
 pub mod core;
 pub mod mesh;
+pub mod snapshot;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -25,8 +26,11 @@ use self::clock::SystemClock;
 use self::core::{CoreRuntime, Topology};
 use self::mesh::{MeshMsg, MeshOut};
 use crate::config::Config;
-use crate::net::listener::accept_loop;
+use crate::shard::Command;
 use crate::shard::Engine;
+use crate::wal::Durability;
+use crate::wal::recovery::{self, Recovered};
+use crate::wal::writer::{LogOptions, LogWriter};
 
 /// What a started server listens on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,6 +59,8 @@ struct Startup {
     shared_port: Mutex<u16>,
     core_ports: Mutex<Vec<u16>>,
     errors: Mutex<Vec<String>>,
+    /// Core 0 reports here once every core is recovered and serving.
+    started: Mutex<Option<std::sync::mpsc::Sender<Result<(), String>>>>,
 }
 
 impl Startup {
@@ -70,11 +76,16 @@ pub fn run(mut config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), Star
     // Resolved here: inside a pinned executor, the CPU count would be that of its one CPU.
     let cores = config.core_count();
     config.server.cores = cores;
+    if config.durability.mode != Durability::None {
+        check_layout(&config.server.data_dir, cores).map_err(|e| StartError::Cores(vec![e.to_string()]))?;
+    }
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
     let startup = Arc::new(Startup {
         barrier: Barrier::new(cores as usize + 1),
         shared_port: Mutex::new(0),
         core_ports: Mutex::new(vec![0; cores as usize]),
         errors: Mutex::new(Vec::new()),
+        started: Mutex::new(Some(started_tx)),
     });
     let mesh: MeshBuilder<MeshMsg, _> =
         MeshBuilder::full(cores as usize, config.limits.mesh_channel_depth_messages as usize);
@@ -101,12 +112,18 @@ pub fn run(mut config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), Star
         }
     }
     startup.barrier.wait(); // core 0 bound the shared port
-    startup.barrier.wait(); // every core bound its ports
+    startup.barrier.wait(); // every core bound its ports and recovered its state
     let errors = startup.errors.lock().expect("startup lock").clone();
     if !errors.is_empty() {
         return Err(StartError::Cores(errors));
     }
-    startup.barrier.wait(); // every core joined the mesh and built its state
+    // Core 0 brings the catalog into agreement, creates the configured pools and lets every
+    // core serve.
+    match started_rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(reason)) => return Err(StartError::Cores(vec![reason])),
+        Err(_) => return Err(StartError::Cores(vec!["core 0 stopped during start-up".into()])),
+    }
     let mut listen = config.listen_addr();
     listen.set_port(*startup.shared_port.lock().expect("startup lock"));
     let core_ports =
@@ -173,10 +190,26 @@ async fn core_main(
             Err(e) => startup.fail(format!("core {core}: cannot bind its core port {addr}: {e}")),
         }
     }
+    // 3. Recovery: the newest snapshot, then the log after it.
+    let mode = config.durability.mode;
+    let dir = crate::wal::core_dir(&config.server.data_dir, core);
+    let now = clock::Clock::now_ms(&SystemClock);
+    let mut engine = None;
+    let mut log = None;
+    let mut nothing_logged = true;
+    match recover_core(&config, core, &dir).await {
+        Ok((recovered, writer)) => {
+            nothing_logged = recovered.as_ref().is_none_or(|r| r.last_lsn == 0);
+            engine = recovered.and_then(|r| r.engine);
+            log = Some(Rc::new(writer));
+        }
+        Err(e) => startup.fail(format!("core {core}: {e}")),
+    }
     startup.barrier.wait();
     if !startup.errors.lock().expect("startup lock").is_empty() {
         return;
     }
+    let log = log.expect("opened when start-up has no error");
     let topology = Topology {
         shared_port,
         core_ports: if config.server.core_ports {
@@ -185,28 +218,32 @@ async fn core_main(
             vec![0; cores as usize]
         },
     };
-    // 3. The mesh, the state machine and the tasks.
+    // 4. The mesh, the runtime and its tasks.
     let (senders, receivers) = match mesh.join().await {
         Ok(pair) => pair,
         Err(e) => {
-            startup.fail(format!("core {core}: cannot join the mesh: {e}"));
+            report_start(&startup, Err(format!("core {core}: cannot join the mesh: {e}")));
             return;
         }
     };
     assert_eq!(senders.peer_id(), core as usize, "mesh peers are ordered like cores");
-    let clock = SystemClock;
-    let now = clock::Clock::now_ms(&clock);
-    let mut engine = Engine::new(config.engine_config(core), now);
-    for pool in &config.pools {
-        let def = engine.validate_pool_create(&pool.to_request()).expect("validated with the config");
-        engine.create_pool(def);
-    }
     let mesh = Rc::new(MeshOut::new(senders));
     for peer in (0..cores).filter(|&p| p != core) {
         let mesh = mesh.clone();
         glommio::spawn_local(async move { mesh.drain(peer).await }).detach();
     }
-    let runtime = Rc::new(CoreRuntime::new(core, config.clone(), topology, Box::new(clock), engine, mesh));
+    let fresh = engine.is_none();
+    let engine = engine.unwrap_or_else(|| Engine::new(config.engine_config(core), now));
+    let listeners: Vec<TcpListener> = [shared, own].into_iter().flatten().collect();
+    let runtime = Rc::new(CoreRuntime::new(
+        config.clone(),
+        topology,
+        Box::new(SystemClock),
+        engine,
+        mesh,
+        log.clone(),
+        listeners,
+    ));
     let mut receivers = receivers;
     for (peer, rx) in receivers.streams() {
         let runtime = runtime.clone();
@@ -216,6 +253,13 @@ async fn core_main(
             }
         })
         .detach();
+    }
+    let released = runtime.clone();
+    glommio::spawn_local(log.clone().run(move |lsn| released.release_durable(lsn))).detach();
+    // A new log starts with the limits; a restart with other limits records them.
+    let limits = config.engine_config(core);
+    if (fresh && nothing_logged) || runtime.engine_config() != limits {
+        runtime.apply(now, Command::SetLimits(limits));
     }
     let background = glommio::executor().create_task_queue(Shares::Static(100), Latency::NotImportant, "background");
     let tick = Duration::from_millis(config.server.expiry_tick_ms);
@@ -229,15 +273,91 @@ async fn core_main(
         },
         background,
     );
-    match spawned {
-        Ok(task) => {
+    if let Ok(task) = spawned {
+        task.detach();
+    }
+    if mode != Durability::None && config.durability.snapshot_interval_records > 0 {
+        let snapshots =
+            snapshot::snapshot_loop(runtime.clone(), dir.clone(), config.durability.snapshot_interval_records);
+        if let Ok(task) = glommio::spawn_local_into(snapshots, background) {
             task.detach();
         }
-        Err(e) => startup.fail(format!("core {core}: cannot start the expiry ticker: {e}")),
     }
-    for listener in [shared, own].into_iter().flatten() {
-        glommio::spawn_local(accept_loop(runtime.clone(), listener)).detach();
+    // 5. Core 0 coordinates the start; the other cores wait for its word.
+    if core == 0 {
+        let result = runtime.start_cluster(&config.pools).await;
+        report_start(&startup, result);
     }
-    startup.barrier.wait();
     futures_lite::future::pending::<()>().await;
+}
+
+/// Tells the main thread how start-up ended (core 0 only reports once).
+fn report_start(startup: &Startup, result: Result<(), String>) {
+    if let Some(tx) = startup.started.lock().expect("startup lock").take() {
+        let _ = tx.send(result);
+    }
+}
+
+/// Recovers core `core` from its directory (nothing to do without a log) and opens its log
+/// for appending.
+async fn recover_core(
+    config: &Config,
+    core: u16,
+    dir: &std::path::Path,
+) -> Result<(Option<Recovered>, LogWriter), crate::wal::WalError> {
+    let d = &config.durability;
+    let cores = config.core_count();
+    let options = LogOptions {
+        mode: d.mode,
+        segment_size_max: d.segment_size_bytes,
+        fsync_interval: Duration::from_millis(d.fsync_interval_ms),
+    };
+    if d.mode == Durability::None {
+        return Ok((None, LogWriter::open(options, dir, (core, cores), 0, None).await?));
+    }
+    std::fs::create_dir_all(dir).map_err(|source| crate::wal::WalError::Io { path: dir.into(), source })?;
+    crate::runtime::snapshot::remove_unfinished(dir)?;
+    let start = std::time::Instant::now();
+    let recovered = recovery::recover(dir, core, cores, true, |_| {})?;
+    if let Some((path, offset, bytes)) = &recovered.torn {
+        tracing::warn!(core, file = %path.display(), offset, bytes, "torn tail of the log discarded (never acknowledged)");
+    }
+    if recovered.last_lsn > 0 {
+        tracing::info!(
+            core,
+            snapshot_lsn = recovered.snapshot_lsn,
+            replayed = recovered.replayed,
+            last_lsn = recovered.last_lsn,
+            ms = start.elapsed().as_millis() as u64,
+            "recovered"
+        );
+    }
+    let log = LogWriter::open(options, dir, (core, cores), recovered.last_lsn, recovered.append_at.clone()).await?;
+    Ok((Some(recovered), log))
+}
+
+/// Refuses a data directory written by a server with another core count: users are placed
+/// on cores by a hash of the core count, so the logs cannot be read with another one.
+fn check_layout(data_dir: &std::path::Path, cores: u16) -> Result<(), crate::wal::WalError> {
+    let Ok(entries) = std::fs::read_dir(data_dir) else { return Ok(()) };
+    let mut with_data = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(n) = name.strip_prefix("core-").and_then(|n| n.parse::<u16>().ok()) else { continue };
+        let files = recovery::list(&entry.path())?;
+        if !files.snapshots.is_empty() || !files.segments.is_empty() {
+            with_data.push(n);
+        }
+    }
+    with_data.sort();
+    if !with_data.is_empty() && with_data != (0..cores).collect::<Vec<_>>() {
+        return Err(crate::wal::WalError::Layout(format!(
+            "{} holds the logs of a server with {} cores, this one has {cores}: start it with --cores {} \
+             (a data directory cannot change its core count)",
+            data_dir.display(),
+            with_data.len(),
+            with_data.len()
+        )));
+    }
+    Ok(())
 }

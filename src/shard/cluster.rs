@@ -15,10 +15,26 @@ pub struct Cluster {
     /// The cores' state machines, by core index.
     pub engines: Vec<Engine>,
     /// `links[from * n + to]`: messages sent and not yet delivered, oldest first.
-    links: Vec<VecDeque<PeerMsg>>,
+    links: Vec<VecDeque<(u64, PeerMsg)>>,
     /// Results of parked reserves, with the core that decided them, in delivery order.
     pub completions: Vec<(u16, Completion)>,
+    /// Every command each core applied, with what it sent and decided: the input a log
+    /// would hold, and the output a replay of it must reproduce.
+    pub journals: Vec<Vec<JournalEntry>>,
     scratch: Vec<Envelope>,
+}
+
+/// One command a core applied, with its effects on the outside.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JournalEntry {
+    /// The time it was applied at.
+    pub now_ms: u64,
+    /// The command.
+    pub command: Command,
+    /// Messages it sent.
+    pub sent: Vec<Envelope>,
+    /// Parked reserves it decided.
+    pub decided: Vec<Completion>,
 }
 
 /// Where a command goes: the home core of its user.
@@ -60,6 +76,7 @@ impl Cluster {
             engines,
             links: (0..cores as usize * cores as usize).map(|_| VecDeque::new()).collect(),
             completions: Vec::new(),
+            journals: vec![Vec::new(); cores as usize],
             scratch: Vec::new(),
         }
     }
@@ -81,8 +98,9 @@ impl Cluster {
 
     /// Applies `command` on `core` at `now_ms` and queues the messages it sends.
     pub fn apply(&mut self, now_ms: u64, core: u16, command: Command) -> Outcome {
-        let outcome = self.engines[core as usize].apply(now_ms, command);
-        self.collect(core);
+        let outcome = self.engines[core as usize].apply(now_ms, command.clone());
+        let (sent, decided) = self.collect(core);
+        self.journals[core as usize].push(JournalEntry { now_ms, command, sent, decided });
         outcome
     }
 
@@ -109,15 +127,17 @@ impl Cluster {
         merge_lookups(results)
     }
 
-    fn collect(&mut self, core: u16) {
+    fn collect(&mut self, core: u16) -> (Vec<Envelope>, Vec<Completion>) {
         let n = self.cores() as usize;
         self.engines[core as usize].take_outbox(&mut self.scratch);
+        let sent = self.scratch.clone();
         for env in self.scratch.drain(..) {
-            self.links[core as usize * n + env.to as usize].push_back(env.msg);
+            self.links[core as usize * n + env.to as usize].push_back((env.seq, env.msg));
         }
         let mut done = Vec::new();
         self.engines[core as usize].take_completions(&mut done);
-        self.completions.extend(done.into_iter().map(|c| (core, c)));
+        self.completions.extend(done.iter().map(|&c| (core, c)));
+        (sent, done)
     }
 
     /// Links with messages waiting, as (from, to).
@@ -126,11 +146,13 @@ impl Cluster {
         (0..self.links.len()).filter(|&i| !self.links[i].is_empty()).map(|i| ((i / n) as u16, (i % n) as u16)).collect()
     }
 
-    /// Delivers the oldest message on link `from → to`; false if the link is empty.
+    /// Delivers the oldest message on link `from → to`, and its acknowledgement back (as
+    /// if the receiver's log were durable at once); false if the link is empty.
     pub fn deliver(&mut self, now_ms: u64, from: u16, to: u16) -> bool {
         let n = self.cores() as usize;
-        let Some(msg) = self.links[from as usize * n + to as usize].pop_front() else { return false };
-        self.apply(now_ms, to, Command::Peer { from, msg });
+        let Some((seq, msg)) = self.links[from as usize * n + to as usize].pop_front() else { return false };
+        self.apply(now_ms, to, Command::Peer { from, seq, msg });
+        self.apply(now_ms, from, Command::PeerAck { from: to, seq });
         true
     }
 
@@ -154,7 +176,7 @@ impl Cluster {
 
     /// Units of `pool` inside undelivered messages.
     pub fn in_flight_units(&self, pool: u32) -> u64 {
-        self.links.iter().flatten().filter(|m| m.pool() == pool).map(|m| m.units()).sum()
+        self.links.iter().flatten().filter(|(_, m)| m.pool() == pool).map(|(_, m)| m.units()).sum()
     }
 
     /// Every core's shard of `pool`, read without advancing time.

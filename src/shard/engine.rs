@@ -35,10 +35,11 @@
 //! Messages between two cores are delivered in order (as glommio's channel mesh does);
 //! the argument above relies on it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
-use super::holds::{HOLD_POOL_ID_MAX, HOLD_QTY_MAX, Hold, HoldTable};
+use super::holds::{HOLD_POOL_ID_MAX, HOLD_QTY_MAX, Hold, HoldSnap, HoldTable};
 use super::pool::{Bank, BankMode, Demand, POOL_CAPACITY_MAX, Parked, PoolDef, PoolSlot, Shard};
+use super::snapshot::{DemandSnap, LinkSnap, MsgSnap, ParkedSnap, PoolSnap, SNAPSHOT_FORMAT, SnapshotHead};
 use super::wheel::TimerWheel;
 use crate::protocol::control::{PoolCreate, PoolInfo, PoolKind, ShardStatus, valid_pool_name};
 use crate::protocol::{
@@ -85,7 +86,53 @@ pub enum PeerMsg {
     Undrain { pool: u32 },
 }
 
+/// Size of a [`PeerMsg`] in the log and in snapshots.
+pub const PEER_MSG_SIZE: usize = 24;
+
 impl PeerMsg {
+    /// Encodes the message: tag u8 @0, flags u8 @1 (bit 0: a ticket is present), reserved
+    /// u16 @2, pool u32 @4, a u64 @8 (need or units, or the ticket of a sold-out), b u64
+    /// @16 (the ticket of a borrow or grant).
+    pub fn encode(&self) -> [u8; PEER_MSG_SIZE] {
+        let (tag, pool, a, ticket) = match *self {
+            PeerMsg::Borrow { pool, need, ticket } => (1, pool, need, ticket),
+            PeerMsg::Grant { pool, units, ticket } => (2, pool, units, ticket),
+            PeerMsg::SoldOut { pool, ticket } => (3, pool, ticket, None),
+            PeerMsg::Recall { pool } => (4, pool, 0, None),
+            PeerMsg::Returned { pool, units } => (5, pool, units, None),
+            PeerMsg::Return { pool, units } => (6, pool, units, None),
+            PeerMsg::Undrain { pool } => (7, pool, 0, None),
+        };
+        let mut b = [0u8; PEER_MSG_SIZE];
+        b[0] = tag;
+        b[1] = ticket.is_some() as u8;
+        b[4..8].copy_from_slice(&pool.to_le_bytes());
+        b[8..16].copy_from_slice(&a.to_le_bytes());
+        b[16..24].copy_from_slice(&ticket.unwrap_or(0).to_le_bytes());
+        b
+    }
+
+    /// Decodes [`Self::encode`]'s bytes; `None` if they are not a message.
+    pub fn decode(b: &[u8; PEER_MSG_SIZE]) -> Option<PeerMsg> {
+        let pool = u32::from_le_bytes(b[4..8].try_into().unwrap());
+        let a = u64::from_le_bytes(b[8..16].try_into().unwrap());
+        let ticket = match b[1] {
+            0 => None,
+            1 => Some(u64::from_le_bytes(b[16..24].try_into().unwrap())),
+            _ => return None,
+        };
+        Some(match b[0] {
+            1 => PeerMsg::Borrow { pool, need: a, ticket },
+            2 => PeerMsg::Grant { pool, units: a, ticket },
+            3 => PeerMsg::SoldOut { pool, ticket: a },
+            4 => PeerMsg::Recall { pool },
+            5 => PeerMsg::Returned { pool, units: a },
+            6 => PeerMsg::Return { pool, units: a },
+            7 => PeerMsg::Undrain { pool },
+            _ => return None,
+        })
+    }
+
     /// Units the message carries.
     pub fn units(&self) -> u64 {
         match *self {
@@ -107,13 +154,29 @@ impl PeerMsg {
     }
 }
 
-/// A message for another core.
+/// A message for another core, numbered on its link (1, 2, ... per destination).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Envelope {
     /// Destination core.
     pub to: u16,
+    /// Sequence number on the link to `to`.
+    pub seq: u64,
     /// The message.
     pub msg: PeerMsg,
+}
+
+/// The state of the link with one other core. Messages are kept until the other core
+/// acknowledges them ([`Command::PeerAck`], sent once it has them on durable storage), so
+/// that after a crash every message that may not have arrived is sent again; the receiver
+/// applies each sequence number once and ignores repeats.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Link {
+    /// The last sequence number sent to that core.
+    pub sent: u64,
+    /// Messages sent and not acknowledged yet, oldest first.
+    pub unacked: VecDeque<(u64, PeerMsg)>,
+    /// The last sequence number applied from that core.
+    pub received: u64,
 }
 
 /// The late result of a reserve that was parked.
@@ -147,8 +210,14 @@ pub enum Command {
     Extend(ExtendOp),
     /// Read a reservation (user 0: any user).
     Lookup(LookupOp),
-    /// A borrowing message from core `from`.
-    Peer { from: u16, msg: PeerMsg },
+    /// A borrowing message from core `from`, with its sequence number on that link; a
+    /// sequence number already applied is ignored (a message sent again after a crash).
+    Peer { from: u16, seq: u64, msg: PeerMsg },
+    /// Core `from` has every message up to `seq` from this core on durable storage: they
+    /// need not be kept for sending again.
+    PeerAck { from: u16, seq: u64 },
+    /// New limits (a restart with another configuration); the core and core count stay.
+    SetLimits(EngineConfig),
     /// Let time pass: expire due holds, purge records past retention.
     Tick,
     /// Add a pool (validated by core 0 with [`Engine::validate_pool_create`]).
@@ -194,12 +263,14 @@ pub struct Engine {
     pools: Vec<PoolSlot>,
     names: HashMap<Box<str>, u32>,
     holds: HoldTable,
-    /// Commit reference of each slot's confirmed reservation (0: none), indexed by slot.
-    /// Allocated zeroed at start; the OS hands out its pages only as slots are confirmed.
-    commit_refs: Vec<u128>,
     wheel: TimerWheel,
     outbox: Vec<Envelope>,
+    links: Vec<Link>,
     completions: Vec<Completion>,
+    /// Holds found expired by the current tick (kept to reuse its allocation).
+    expiring: Vec<(u64, u128, u32)>,
+    /// The latest time the state machine has seen.
+    last_now_ms: u64,
     next_ticket: u64,
     parked_total: u32,
     stats: EngineStats,
@@ -214,10 +285,12 @@ impl Engine {
             pools: Vec::new(),
             names: HashMap::new(),
             holds: HoldTable::with_capacity(cfg.holds_max),
-            commit_refs: vec![0; cfg.holds_max as usize],
             wheel: TimerWheel::new(now_ms),
             outbox: Vec::new(),
+            links: vec![Link::default(); cfg.cores as usize],
             completions: Vec::new(),
+            expiring: Vec::new(),
+            last_now_ms: now_ms,
             next_ticket: 1,
             parked_total: 0,
             stats: EngineStats::default(),
@@ -247,8 +320,25 @@ impl Engine {
             Command::Release(op) => Outcome::Op(self.release(now_ms, &op)),
             Command::Extend(op) => Outcome::Op(self.extend(now_ms, &op)),
             Command::Lookup(op) => Outcome::Lookup(self.lookup(now_ms, &op)),
-            Command::Peer { from, msg } => {
+            Command::Peer { from, seq, msg } => {
+                let link = &mut self.links[from as usize];
+                if seq <= link.received {
+                    return Outcome::None;
+                }
+                assert_eq!(seq, link.received + 1, "messages from core {from} arrive in order and none is lost");
+                link.received = seq;
                 self.on_peer(now_ms, from, msg);
+                Outcome::None
+            }
+            Command::PeerAck { from, seq } => {
+                let unacked = &mut self.links[from as usize].unacked;
+                while unacked.front().is_some_and(|&(s, _)| s <= seq) {
+                    unacked.pop_front();
+                }
+                Outcome::None
+            }
+            Command::SetLimits(cfg) => {
+                self.set_limits(cfg);
                 Outcome::None
             }
             Command::Tick => {
@@ -263,6 +353,27 @@ impl Engine {
     /// Moves the messages for other cores into `out` (in the order they must be sent).
     pub fn take_outbox(&mut self, out: &mut Vec<Envelope>) {
         out.append(&mut self.outbox);
+    }
+
+    /// The link with core `core`: what was sent, kept and received.
+    pub fn link(&self, core: u16) -> &Link {
+        &self.links[core as usize]
+    }
+
+    /// Every message kept for sending again (after a restart), per link in order.
+    pub fn unacked(&self) -> Vec<Envelope> {
+        let mut all = Vec::new();
+        for (to, link) in self.links.iter().enumerate() {
+            all.extend(link.unacked.iter().map(|&(seq, msg)| Envelope { to: to as u16, seq, msg }));
+        }
+        all
+    }
+
+    /// Changes the limits (core and core count stay as they are).
+    fn set_limits(&mut self, cfg: EngineConfig) {
+        assert_eq!((cfg.core, cfg.cores), (self.cfg.core, self.cfg.cores), "a core keeps its place");
+        self.holds.set_capacity(cfg.holds_max);
+        self.cfg = cfg;
     }
 
     /// Moves the results of parked reserves decided since the last call into `out`.
@@ -342,6 +453,11 @@ impl Engine {
         self.pool_index(pool).map(|p| self.pools[p].def.info(self.cfg.cores))
     }
 
+    /// Every pool's definition, by id.
+    pub fn pool_defs(&self) -> Vec<PoolDef> {
+        self.pools.iter().map(|slot| slot.def.clone()).collect()
+    }
+
     /// A pool's id by name.
     pub fn pool_id(&self, name: &str) -> Option<u32> {
         self.names.get(name).copied()
@@ -350,12 +466,6 @@ impl Engine {
     /// Number of pools.
     pub fn pool_count(&self) -> u32 {
         self.pools.len() as u32
-    }
-
-    /// This core's shard of a pool, after expiring due holds.
-    pub fn shard_status(&mut self, now_ms: u64, pool: u32) -> Option<ShardStatus> {
-        self.tick(now_ms);
-        self.shard_snapshot(pool)
     }
 
     /// This core's shard of a pool as it stands, without advancing time.
@@ -537,7 +647,7 @@ impl Engine {
         };
         match self.holds.get(slot).state() {
             ReservationState::Confirmed => {
-                if self.commit_refs[slot as usize] == op.commit_ref {
+                if self.holds.commit_ref(slot) == op.commit_ref {
                     self.repeat_of(slot)
                 } else {
                     self.result_of(slot, Status::ConfirmedWithDifferentRef)
@@ -552,7 +662,7 @@ impl Engine {
                 shard.held -= h.qty() as u64;
                 shard.confirmed += h.qty() as u64;
                 self.finish(now_ms, slot, ReservationState::Confirmed);
-                self.commit_refs[slot as usize] = op.commit_ref;
+                self.holds.set_commit_ref(slot, op.commit_ref);
                 self.result_of(slot, Status::Ok)
             }
             ReservationState::None => unreachable!("indexed records are never in state none"),
@@ -613,9 +723,10 @@ impl Engine {
         }
     }
 
-    /// Lookup. A user of 0 matches any user (the slow path that asks every core).
-    pub fn lookup(&mut self, now_ms: u64, op: &LookupOp) -> LookupResult {
-        self.tick(now_ms);
+    /// Lookup, as of `now_ms`, without changing anything: a hold past its deadline reads
+    /// as expired and a record past its retention as gone, even before a tick has
+    /// processed them. A user of 0 matches any user (the slow path that asks every core).
+    pub fn lookup(&self, now_ms: u64, op: &LookupOp) -> LookupResult {
         if op.id == 0 {
             return LookupResult::status(Status::InvalidId);
         }
@@ -624,14 +735,23 @@ impl Engine {
         if op.user != 0 && h.user() != op.user {
             return LookupResult::status(Status::NotFound);
         }
+        let (state, when_ms) = match h.state() {
+            ReservationState::Held if h.when_ms() <= now_ms => {
+                (ReservationState::Expired, h.when_ms() + self.cfg.retention_ms)
+            }
+            state => (state, h.when_ms()),
+        };
+        if state.is_final() && when_ms <= now_ms {
+            return LookupResult::status(Status::NotFound);
+        }
         LookupResult {
             status: Status::Ok as u8,
-            state: h.state() as u8,
+            state: state as u8,
             qty: h.qty(),
             pool: h.pool(),
-            expires_at_ms: h.when_ms(),
+            expires_at_ms: when_ms,
             user: h.user(),
-            commit_ref: self.commit_refs[slot as usize],
+            commit_ref: self.holds.commit_ref(slot),
         }
     }
 
@@ -661,9 +781,11 @@ impl Engine {
 
     /// Expires due holds and purges records past retention.
     pub fn tick(&mut self, now_ms: u64) {
+        self.last_now_ms = self.last_now_ms.max(now_ms);
         if !self.wheel.may_have_due(now_ms) {
             return;
         }
+        let mut expiring = std::mem::take(&mut self.expiring);
         while let Some(slot) = self.wheel.next_due(now_ms, &mut self.holds) {
             let h = *self.holds.get(slot);
             if h.when_ms() > now_ms {
@@ -671,20 +793,30 @@ impl Engine {
                 continue;
             }
             match h.state() {
-                ReservationState::Held => {
-                    // Expired at exactly its deadline; kept until deadline + retention.
-                    let p = self.give_back(h.when_ms(), slot, ReservationState::Expired);
-                    self.stats.expirations += 1;
-                    let when = self.holds.get(slot).when_ms();
-                    self.wheel.insert(slot, when, &mut self.holds);
-                    self.pump(now_ms, p);
-                }
-                _ => {
-                    self.commit_refs[slot as usize] = 0;
-                    self.holds.remove(slot);
-                }
+                ReservationState::Held => expiring.push((h.when_ms(), h.id(), slot)),
+                _ => self.holds.remove(slot),
             }
         }
+        // Holds that expire together are given back in an order that depends only on what
+        // they are (deadline, then id), not on how the wheel filed them: a log replayed into
+        // a state restored from a snapshot must send the same messages as the original.
+        expiring.sort_unstable();
+        for &(when, _, slot) in &expiring {
+            // Expired at exactly its deadline; kept until deadline + retention.
+            let p = self.give_back(when, slot, ReservationState::Expired);
+            self.stats.expirations += 1;
+            let purge_at = self.holds.get(slot).when_ms();
+            self.wheel.insert(slot, purge_at, &mut self.holds);
+            self.pump(now_ms, p);
+        }
+        expiring.clear();
+        self.expiring = expiring;
+    }
+
+    /// True if time `now_ms` may expire holds or purge records: a [`Command::Tick`] then
+    /// changes the state (and a log must record it).
+    pub fn tick_due(&self, now_ms: u64) -> bool {
+        self.wheel.may_have_due(now_ms)
     }
 
     // ----- borrowing -------------------------------------------------------------------------
@@ -699,7 +831,10 @@ impl Engine {
             shard.lent += units;
         }
         self.stats.borrow_messages += 1;
-        self.outbox.push(Envelope { to, msg });
+        let link = &mut self.links[to as usize];
+        link.sent += 1;
+        link.unacked.push_back((link.sent, msg));
+        self.outbox.push(Envelope { to, seq: link.sent, msg });
     }
 
     fn receive_units(&mut self, p: usize, units: u64) {
@@ -966,5 +1101,182 @@ impl Engine {
     /// Free units of pool `pool` on this shard (for tests and capacity hints).
     pub fn available(&self, pool: u32) -> Option<u64> {
         self.pool_index(pool).map(|p| self.pools[p].shard.available())
+    }
+}
+
+// ----- snapshots -------------------------------------------------------------------------------
+
+impl Engine {
+    /// Starts a snapshot of this core's state as it is now (between two commands): answers
+    /// everything but the reservation records, which [`Self::snapshot_chunk`] then gives
+    /// while commands keep being applied (copy-on-write: what it gives is the state at
+    /// this call).
+    pub fn snapshot_begin(&mut self) -> SnapshotHead {
+        assert!(self.outbox.is_empty() && self.completions.is_empty(), "snapshots are taken between commands");
+        let pools = self
+            .pools
+            .iter()
+            .map(|slot| {
+                let (d, s, b) = (&slot.def, &slot.shard, &slot.bank);
+                let (bank_mode, bank_acks_pending) = match b.mode {
+                    BankMode::Normal => (0, 0),
+                    BankMode::Recalling { acks_pending } => (1, acks_pending),
+                    BankMode::Drained => (2, 0),
+                };
+                PoolSnap {
+                    id: d.id,
+                    name: d.name.to_string(),
+                    kind: d.kind as u8,
+                    capacity: d.capacity,
+                    hold_ttl_ms_default: d.hold_ttl_ms_default,
+                    hold_ttl_ms_max: d.hold_ttl_ms_max,
+                    active: d.active,
+                    shard_capacity: s.capacity,
+                    held: s.held,
+                    confirmed: s.confirmed,
+                    lent: s.lent,
+                    borrowed: s.borrowed,
+                    share: s.share,
+                    drained: s.drained,
+                    aggregate_outstanding: s.aggregate_outstanding,
+                    waiting: s
+                        .waiting
+                        .iter()
+                        .map(|w| {
+                            let mut op = [0u8; ReserveOp::SIZE];
+                            w.op.encode(&mut op);
+                            ParkedSnap { ticket: w.ticket, op, asked: w.asked }
+                        })
+                        .collect(),
+                    bank_mode,
+                    bank_acks_pending,
+                    bank_queue: b
+                        .queue
+                        .iter()
+                        .map(|d| DemandSnap { from: d.from, ticket: d.ticket, need: d.need })
+                        .collect(),
+                }
+            })
+            .collect();
+        let links = self
+            .links
+            .iter()
+            .map(|l| LinkSnap {
+                sent: l.sent,
+                received: l.received,
+                unacked: l.unacked.iter().map(|&(seq, msg)| MsgSnap { seq, msg: msg.encode() }).collect(),
+            })
+            .collect();
+        let records = self.holds.snapshot_begin() as u64;
+        let c = &self.cfg;
+        SnapshotHead {
+            format: SNAPSHOT_FORMAT,
+            core: c.core,
+            cores: c.cores,
+            holds_max: c.holds_max,
+            parked_max: c.parked_max,
+            retention_ms: c.retention_ms,
+            pools_max: c.pools_max,
+            last_now_ms: self.last_now_ms,
+            next_ticket: self.next_ticket,
+            stats: [self.stats.operations, self.stats.borrow_messages, self.stats.expirations],
+            pools,
+            links,
+            records,
+        }
+    }
+
+    /// Appends up to `max` reservation records of the snapshot in progress to `out`; true
+    /// once every record has been given.
+    pub fn snapshot_chunk(&mut self, max: usize, out: &mut Vec<HoldSnap>) -> bool {
+        self.holds.snapshot_chunk(max, out)
+    }
+
+    /// Rebuilds a core's state from a snapshot. Fails with a reason if the snapshot does not
+    /// describe a consistent state.
+    pub fn restore(head: &SnapshotHead, records: &[HoldSnap]) -> Result<Engine, String> {
+        if head.format != SNAPSHOT_FORMAT {
+            return Err(format!("snapshot format {} is not {SNAPSHOT_FORMAT}", head.format));
+        }
+        if head.records != records.len() as u64 || head.links.len() != head.cores as usize {
+            return Err("snapshot record or link count does not match its header".into());
+        }
+        let cfg = EngineConfig {
+            core: head.core,
+            cores: head.cores,
+            holds_max: head.holds_max.max(records.len() as u32),
+            parked_max: head.parked_max,
+            retention_ms: head.retention_ms,
+            pools_max: head.pools_max,
+        };
+        let mut e = Engine::new(cfg, head.last_now_ms);
+        e.cfg.holds_max = head.holds_max;
+        for (i, p) in head.pools.iter().enumerate() {
+            let kind = PoolKind::from_u8(p.kind).ok_or_else(|| format!("pool {}: kind {}", p.id, p.kind))?;
+            if p.id as usize != i + 1 {
+                return Err(format!("pool ids are not dense: {} at position {}", p.id, i + 1));
+            }
+            let def = PoolDef {
+                id: p.id,
+                name: p.name.as_str().into(),
+                kind,
+                capacity: p.capacity,
+                hold_ttl_ms_default: p.hold_ttl_ms_default,
+                hold_ttl_ms_max: p.hold_ttl_ms_max,
+                active: p.active,
+            };
+            let mut waiting = VecDeque::with_capacity(p.waiting.len());
+            for w in &p.waiting {
+                let op =
+                    ReserveOp::decode(&w.op).map_err(|_| format!("pool {}: a parked reserve is malformed", p.id))?;
+                waiting.push_back(Parked { ticket: w.ticket, op, asked: w.asked });
+            }
+            e.parked_total += waiting.len() as u32;
+            let shard = Shard {
+                capacity: p.shard_capacity,
+                held: p.held,
+                confirmed: p.confirmed,
+                lent: p.lent,
+                borrowed: p.borrowed,
+                share: p.share,
+                drained: p.drained,
+                aggregate_outstanding: p.aggregate_outstanding,
+                waiting,
+            };
+            let mode = match p.bank_mode {
+                0 => BankMode::Normal,
+                1 => BankMode::Recalling { acks_pending: p.bank_acks_pending },
+                2 => BankMode::Drained,
+                other => return Err(format!("pool {}: bank mode {other}", p.id)),
+            };
+            let queue = p.bank_queue.iter().map(|d| Demand { from: d.from, ticket: d.ticket, need: d.need }).collect();
+            e.names.insert(def.name.clone(), def.id);
+            e.pools.push(PoolSlot { def, shard, bank: Bank { mode, queue } });
+        }
+        for (link, snap) in e.links.iter_mut().zip(&head.links) {
+            link.sent = snap.sent;
+            link.received = snap.received;
+            for m in &snap.unacked {
+                let msg = PeerMsg::decode(&m.msg).ok_or("a kept message is malformed")?;
+                link.unacked.push_back((m.seq, msg));
+            }
+        }
+        e.next_ticket = head.next_ticket;
+        let [operations, borrow_messages, expirations] = head.stats;
+        e.stats = EngineStats { operations, borrow_messages, expirations };
+        for r in records {
+            let state = ReservationState::from_u8(r.state).filter(|s| *s != ReservationState::None);
+            let state = state.ok_or_else(|| format!("reservation {:x}: state {}", r.id, r.state))?;
+            if e.pool_index(r.pool).is_none() || r.qty == 0 || r.qty > HOLD_QTY_MAX || e.holds.find(r.id).is_some() {
+                return Err(format!("reservation {:x} is not consistent with the snapshot", r.id));
+            }
+            let mut hold = Hold::new(r.id, r.user, r.pool, r.qty, r.when_ms);
+            hold.set_state(state);
+            let slot = e.holds.insert(hold).ok_or("more reservations than holds_max")?;
+            e.holds.set_commit_ref(slot, r.commit_ref);
+            e.wheel.insert(slot, r.when_ms, &mut e.holds);
+        }
+        e.audit();
+        Ok(e)
     }
 }

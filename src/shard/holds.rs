@@ -4,6 +4,7 @@
 //! index (4-byte slot and 1 control byte per bucket, at a load factor between 7/16 and
 //! 7/8); inserting one allocates nothing.
 
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
@@ -106,7 +107,7 @@ impl Hold {
     }
 }
 
-/// The table: slab, free list and id index.
+/// The table: slab, free list and id index, and the commit reference of each slot.
 pub struct HoldTable {
     slab: Vec<Hold>,
     free_head: u32,
@@ -114,6 +115,40 @@ pub struct HoldTable {
     hasher: DefaultHashBuilder,
     capacity: u32,
     len: u32,
+    /// Commit reference of each slot's confirmed reservation (0: none), indexed by slot.
+    /// Allocated zeroed at start; the OS hands out its pages only as slots are confirmed.
+    commit_refs: Vec<u128>,
+    /// A snapshot being taken.
+    cow: Option<Cow>,
+}
+
+/// Copy-on-write state of a snapshot in progress: records are read in slot order from
+/// `cursor` to `end` while the table keeps changing; a slot not read yet is saved as it
+/// was before its first change, so the snapshot shows the table as it was at its start.
+struct Cow {
+    end: u32,
+    cursor: u32,
+    saved: HashMap<u32, (Hold, u128)>,
+}
+
+/// A reservation as a snapshot stores it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "server", derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize))]
+pub struct HoldSnap {
+    /// Reservation id.
+    pub id: u128,
+    /// User id.
+    pub user: u128,
+    /// Pool id.
+    pub pool: u32,
+    /// Units.
+    pub qty: u32,
+    /// [`ReservationState`] byte.
+    pub state: u8,
+    /// Expiry (held) or purge time (final), ms since the epoch.
+    pub when_ms: u64,
+    /// Commit reference (0: none).
+    pub commit_ref: u128,
 }
 
 impl HoldTable {
@@ -126,7 +161,87 @@ impl HoldTable {
             hasher: DefaultHashBuilder::default(),
             capacity,
             len: 0,
+            commit_refs: vec![0; capacity as usize],
+            cow: None,
         }
+    }
+
+    /// Before slot `slot` changes: keep its old content for a snapshot in progress.
+    fn before_change(&mut self, slot: u32) {
+        if let Some(cow) = &mut self.cow {
+            if slot >= cow.cursor && slot < cow.end {
+                let old = (self.slab[slot as usize], self.commit_refs[slot as usize]);
+                cow.saved.entry(slot).or_insert(old);
+            }
+        }
+    }
+
+    /// Starts a snapshot of the table as it is now; answers how many records it holds.
+    /// Read it with [`Self::snapshot_chunk`] while the table keeps changing.
+    pub fn snapshot_begin(&mut self) -> u32 {
+        assert!(self.cow.is_none(), "one snapshot at a time");
+        self.cow = Some(Cow { end: self.slab.len() as u32, cursor: 0, saved: HashMap::new() });
+        self.len
+    }
+
+    /// Appends up to `max` records of the snapshot in progress to `out`; true once all of
+    /// them have been given (the snapshot is then over).
+    pub fn snapshot_chunk(&mut self, max: usize, out: &mut Vec<HoldSnap>) -> bool {
+        let cow = self.cow.as_mut().expect("a snapshot in progress");
+        let mut given = 0;
+        while cow.cursor < cow.end && given < max {
+            let slot = cow.cursor;
+            cow.cursor += 1;
+            let (h, commit_ref) = match cow.saved.remove(&slot) {
+                Some(saved) => saved,
+                None => (self.slab[slot as usize], self.commit_refs[slot as usize]),
+            };
+            if h.is_free() {
+                continue;
+            }
+            given += 1;
+            out.push(HoldSnap {
+                id: h.id(),
+                user: h.user(),
+                pool: h.pool(),
+                qty: h.qty(),
+                state: h.state() as u8,
+                when_ms: h.when_ms(),
+                commit_ref,
+            });
+        }
+        let done = cow.cursor >= cow.end;
+        if done {
+            self.cow = None;
+        }
+        done
+    }
+
+    /// The commit reference of the reservation in `slot` (0: none).
+    pub fn commit_ref(&self, slot: u32) -> u128 {
+        self.commit_refs[slot as usize]
+    }
+
+    /// Stores the commit reference of the reservation in `slot`.
+    pub fn set_commit_ref(&mut self, slot: u32, commit_ref: u128) {
+        self.before_change(slot);
+        self.commit_refs[slot as usize] = commit_ref;
+    }
+
+    /// Changes the most records the table takes; growing allocates now. A table above a
+    /// lowered limit stays as it is and refuses new records until it is below.
+    pub fn set_capacity(&mut self, capacity: u32) {
+        let more = (capacity as usize).saturating_sub(self.slab.len());
+        self.slab.reserve_exact(more);
+        if self.commit_refs.len() < capacity as usize {
+            self.commit_refs.resize(capacity as usize, 0);
+        }
+        let slab = &self.slab;
+        let hasher = &self.hasher;
+        self.index.reserve((capacity as usize).saturating_sub(self.len as usize), |&s| {
+            hasher.hash_one(slab[s as usize].id())
+        });
+        self.capacity = capacity;
     }
 
     /// Records in the table.
@@ -159,6 +274,7 @@ impl HoldTable {
         debug_assert!(self.find(hold.id()).is_none());
         let slot = if self.free_head != NIL {
             let slot = self.free_head;
+            self.before_change(slot);
             self.free_head = self.slab[slot as usize].link();
             self.slab[slot as usize] = hold;
             slot
@@ -175,6 +291,8 @@ impl HoldTable {
 
     /// Removes the record in `slot` (it must not be filed in the wheel any more).
     pub fn remove(&mut self, slot: u32) {
+        self.before_change(slot);
+        self.commit_refs[slot as usize] = 0;
         let id = self.slab[slot as usize].id();
         let hash = self.hasher.hash_one(id);
         let slab = &self.slab;
@@ -194,6 +312,7 @@ impl HoldTable {
 
     /// The record in `slot`, to change it.
     pub fn get_mut(&mut self, slot: u32) -> &mut Hold {
+        self.before_change(slot);
         &mut self.slab[slot as usize]
     }
 

@@ -5,6 +5,7 @@
 //! - [`pool`]: pool definitions, shards and the home core's borrowing state.
 //! - [`holds`]: the reservation table (slab + index, allocated once).
 //! - [`wheel`]: the timing wheel that expires holds without scanning them.
+//! - [`snapshot`]: the plain-data form of a core's state, for snapshots.
 //! - [`cluster`]: several engines wired together with an in-memory, ordered, seedable
 //!   network: the deterministic simulation used by tests.
 //! - [`model`]: the reference model the simulation is checked against.
@@ -14,7 +15,8 @@ pub mod engine;
 pub mod holds;
 pub mod model;
 pub mod pool;
+pub mod snapshot;
 pub mod wheel;
 
-pub use engine::{Command, Completion, Engine, EngineConfig, EngineStats, Envelope, Outcome, PeerMsg, Reply};
+pub use engine::{Command, Completion, Engine, EngineConfig, EngineStats, Envelope, Link, Outcome, PeerMsg, Reply};
 pub use pool::{BankMode, PoolDef};

@@ -252,20 +252,30 @@ impl Model {
         }
     }
 
-    /// Lookup (user 0 asks every core).
-    pub fn lookup(&mut self, now_ms: u64, op: &LookupOp) -> LookupResult {
-        self.advance(now_ms);
+    /// Lookup (user 0 asks every core), as of `now_ms` and without changing anything: a
+    /// hold past its deadline reads as expired, a record past its retention as gone.
+    pub fn lookup(&self, now_ms: u64, op: &LookupOp) -> LookupResult {
         if op.id == 0 {
             return LookupResult::status(Status::InvalidId);
         }
-        let found = |r: &Record| LookupResult {
-            status: Status::Ok as u8,
-            state: r.state as u8,
-            qty: r.qty,
-            pool: r.pool,
-            expires_at_ms: r.when_ms,
-            user: r.user,
-            commit_ref: r.commit_ref,
+        let retention = self.retention_ms;
+        let found = |r: &Record| {
+            let (state, when_ms) = match r.state {
+                ReservationState::Held if r.when_ms <= now_ms => (ReservationState::Expired, r.when_ms + retention),
+                state => (state, r.when_ms),
+            };
+            if state.is_final() && when_ms <= now_ms {
+                return LookupResult::status(Status::NotFound);
+            }
+            LookupResult {
+                status: Status::Ok as u8,
+                state: state as u8,
+                qty: r.qty,
+                pool: r.pool,
+                expires_at_ms: when_ms,
+                user: r.user,
+                commit_ref: r.commit_ref,
+            }
         };
         if op.user != 0 {
             return match self.records.get(&self.key(op.id, op.user)) {

@@ -26,6 +26,17 @@ pub struct Server {
     /// Each core's own port.
     pub core_ports: Vec<u16>,
     config_path: PathBuf,
+    /// The data directory (removed on drop unless kept for a restart).
+    pub data_dir: PathBuf,
+    keep_data: bool,
+}
+
+/// A fresh, empty data directory under the system's temporary directory.
+pub fn temp_data_dir() -> PathBuf {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("shardcap-test-data-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }
 
 impl Server {
@@ -33,9 +44,16 @@ impl Server {
     /// (loopback, OS-chosen ports, unpinned, small tables), e.g. `[[pool]]` sections or a
     /// `[limits]` section.
     pub fn start(cores: u16, extra: &str) -> Server {
+        Server::start_in(cores, extra, &temp_data_dir())
+    }
+
+    /// Starts a server whose logs live in `data_dir` (the default durability is `sync`; a
+    /// `[durability]` section in `extra` overrides it).
+    pub fn start_in(cores: u16, extra: &str, data_dir: &std::path::Path) -> Server {
         let limits = if extra.contains("[limits]") { "" } else { "[limits]\nholds_max_per_core = 100000\n" };
         let config = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ncore_port_base = 0\ncores = {cores}\npin_cores = false\nlog_level = \"warn\"\n{limits}{extra}\n"
+            "[server]\nlisten = \"127.0.0.1:0\"\ncore_port_base = 0\ncores = {cores}\npin_cores = false\nlog_level = \"warn\"\ndata_dir = {:?}\n{limits}{extra}\n",
+            data_dir.display().to_string()
         );
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let config_path = std::env::temp_dir().join(format!("shardcap-test-{}-{n}.toml", std::process::id()));
@@ -73,7 +91,16 @@ impl Server {
         };
         let addr: SocketAddr = field("listen").parse().expect("listen address");
         let core_ports = field("core_ports").split(',').filter(|p| !p.is_empty()).map(|p| p.parse().unwrap()).collect();
-        Server { child, addr, core_ports, config_path }
+        Server { child, addr, core_ports, config_path, data_dir: data_dir.to_path_buf(), keep_data: false }
+    }
+
+    /// Kills the process at once (SIGKILL: no clean shutdown) and keeps its data directory
+    /// for a restart.
+    pub fn kill(mut self) -> PathBuf {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.keep_data = true;
+        self.data_dir.clone()
     }
 
     /// A client connected to the shared port.
@@ -97,6 +124,9 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.config_path);
+        if !self.keep_data {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
     }
 }
 
