@@ -1,16 +1,20 @@
-//! The `shardcap` command line: `serve` runs the server; the other subcommands are clients
-//! of the binary protocol. Every client subcommand takes `--server ADDR` (or the
-//! `SHARDCAP_SERVER` environment variable) and `--json` (one JSON object per result on
-//! stdout).
+//! The `shardcap` command line: `serve` runs the server; `wal verify` and `wal dump` read a
+//! data directory's logs and snapshots offline (they never change it); the other
+//! subcommands are clients of the binary protocol. Every client subcommand takes `--server
+//! ADDR` (or the `SHARDCAP_SERVER` environment variable) and `--json` (one JSON object per
+//! result on stdout); the `wal` subcommands take `--data-dir DIR` and `--json`.
 //!
 //! Exit codes: 0 success; 1 the server refused the operation (the status is named, e.g.
-//! `sold_out`); 2 bad usage, unreachable server or protocol error.
+//! `sold_out`), or a data directory's log or snapshot is damaged or belongs to another
+//! layout (the file and offset are named); 2 bad usage, unreachable server, protocol error,
+//! or a data directory that cannot be read.
 //!
 //! Text user names map to the protocol's 128-bit user ids in one way: XXH3-128 of the
 //! name's UTF-8 bytes ([`crate::protocol::user_id_from_name`]). Reservation ids are
 //! written as UUIDs (or 32 hex digits).
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
@@ -25,6 +29,9 @@ use crate::protocol::{
     ConfirmOp, ExtendOp, LookupOp, OpResult, RESULT_FLAG_REPEAT, ReleaseOp, ReservationState, ReserveOp, Status,
     format_id, parse_id, user_id_from_name,
 };
+use crate::shard::PeerMsg;
+use crate::wal::record::Record;
+use crate::wal::{WalError, recovery, segment};
 
 /// The command line.
 #[derive(Debug, Parser)]
@@ -55,6 +62,9 @@ pub enum Command {
     Lookup(IdArgs),
     /// Check that the server answers.
     Ping(ClientArgs),
+    /// Check or print the write-ahead logs of a data directory (offline; never changes it).
+    #[command(subcommand)]
+    Wal(WalCommand),
 }
 
 /// `shardcap serve` flags; each overrides the config file's value.
@@ -142,6 +152,42 @@ pub enum PoolCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+/// `wal` subcommands. They only read the directory; run against the directory of a running
+/// server, they may report the group of records being written as a torn tail.
+#[derive(Debug, Subcommand)]
+pub enum WalCommand {
+    /// Check that every core can be recovered.
+    ///
+    /// Recovers every core read-only and prints, per core, the snapshot LSN, the records
+    /// replayed, the last LSN and any torn tail (discarded at the next start: not an
+    /// error). Exits 1 with the file and offset if a log or snapshot is damaged or belongs
+    /// to another layout.
+    Verify(WalArgs),
+    /// Print every log record, one per line.
+    ///
+    /// Each line gives the core, the LSN, the time the command was applied at (ms since the
+    /// epoch) and the command. Records a snapshot covers are gone once their segments are
+    /// deleted. A damaged record stops the dump with exit code 1.
+    Dump {
+        #[command(flatten)]
+        args: WalArgs,
+        /// Only this core (default: every core, in core order).
+        #[arg(long)]
+        core: Option<u16>,
+    },
+}
+
+/// Flags of the `wal` subcommands.
+#[derive(Debug, Args, Clone)]
+pub struct WalArgs {
+    /// The server's data directory (`server.data_dir`), holding `core-<n>` directories.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Print one JSON object per core (verify) or per record (dump).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `shardcap reserve` arguments.
@@ -249,10 +295,12 @@ pub fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-/// Runs a client subcommand; `serve` is handled by `main`.
+/// Runs a client or `wal` subcommand; `serve` is handled by `main`.
 pub fn run_client(command: Command) -> Result<(), Failure> {
     match command {
         Command::Serve(_) => unreachable!("serve is not a client command"),
+        Command::Wal(WalCommand::Verify(args)) => wal_verify(&args),
+        Command::Wal(WalCommand::Dump { args, core }) => wal_dump(&args, core),
         Command::Ping(args) => {
             let mut c = connect(&args)?;
             c.ping()?;
@@ -571,5 +619,472 @@ fn set_active(pool: &str, client: &ClientArgs, active: bool) -> Result<(), Failu
             Ok(())
         }
         Err(status) => refused_if(status, "pool activation"),
+    }
+}
+
+// ----- wal verify, wal dump --------------------------------------------------------------------
+
+/// The `core-<n>` directories of `data_dir` that hold a snapshot or a log segment, by core.
+fn cores_with_data(data_dir: &Path) -> Result<Vec<(u16, PathBuf)>, Failure> {
+    let unreadable = |e: &dyn std::fmt::Display| usage(format!("{}: {e}", data_dir.display()));
+    if !data_dir.is_dir() {
+        return Err(usage(format!("{}: not a directory", data_dir.display())));
+    }
+    let mut cores = Vec::new();
+    for entry in std::fs::read_dir(data_dir).map_err(|e| unreadable(&e))? {
+        let entry = entry.map_err(|e| unreadable(&e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(n) = name.strip_prefix("core-").and_then(|n| n.parse::<u16>().ok()) else { continue };
+        let files = recovery::list(&entry.path()).map_err(|e| usage(e.to_string()))?;
+        if !files.snapshots.is_empty() || !files.segments.is_empty() {
+            cores.push((n, entry.path()));
+        }
+    }
+    cores.sort();
+    Ok(cores)
+}
+
+/// Exit code for a log that could not be read: 1 when it is damaged or of another layout, 2
+/// when a file could not be read at all.
+fn wal_failure_code(e: &WalError) -> i32 {
+    match e {
+        WalError::Io { .. } => 2,
+        WalError::Corrupt { .. } | WalError::Layout(_) => 1,
+    }
+}
+
+/// `wal verify`: recovers every core read-only and reports what it found.
+fn wal_verify(args: &WalArgs) -> Result<(), Failure> {
+    let dirs = cores_with_data(&args.data_dir)?;
+    if dirs.is_empty() {
+        if !args.json {
+            println!("{}: no logs or snapshots, nothing to verify", args.data_dir.display());
+        }
+        return Ok(());
+    }
+    // As the server does: the cores with data must be 0..N, and N is the core count.
+    let cores = dirs.len() as u16;
+    let numbers: Vec<u16> = dirs.iter().map(|(n, _)| *n).collect();
+    if numbers != (0..cores).collect::<Vec<_>>() {
+        let message = format!(
+            "{} holds the logs of cores {numbers:?}: a server with N cores writes cores 0 to N-1",
+            args.data_dir.display()
+        );
+        if args.json {
+            println!("{}", json!({"status": "layout", "error": message}));
+        }
+        return Err(Failure { code: 1, message });
+    }
+    let mut errors = Vec::new();
+    let mut code = 0;
+    for (n, dir) in &dirs {
+        // A log the state machine cannot replay (a broken invariant) is damaged too.
+        let outcome =
+            std::panic::catch_unwind(|| recovery::recover(dir, *n, cores, false, |_| {})).unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("a panic");
+                Err(WalError::Corrupt {
+                    path: dir.clone(),
+                    offset: 0,
+                    reason: format!("replaying the log broke an invariant of the state machine: {what}"),
+                })
+            });
+        match outcome {
+            Ok(r) => {
+                let torn = r.torn.as_ref().map(|(file, offset, bytes)| (file.display().to_string(), *offset, *bytes));
+                if args.json {
+                    let torn =
+                        torn.map(|(file, offset, bytes)| json!({"file": file, "offset": offset, "bytes": bytes}));
+                    println!(
+                        "{}",
+                        json!({"core": n, "status": "ok", "snapshot_lsn": r.snapshot_lsn, "replayed": r.replayed,
+                               "last_lsn": r.last_lsn, "torn": torn})
+                    );
+                } else {
+                    let snapshot = if r.snapshot_lsn > 0 {
+                        format!("snapshot LSN {}", r.snapshot_lsn)
+                    } else {
+                        "no snapshot".into()
+                    };
+                    let torn = torn.map_or(String::new(), |(file, offset, bytes)| {
+                        format!("; torn tail {file} at offset {offset} ({bytes} bytes), discarded at the next start")
+                    });
+                    println!("core {n}: {snapshot}, {} records replayed, last LSN {}{torn}", r.replayed, r.last_lsn);
+                }
+            }
+            Err(e) => {
+                if args.json {
+                    let mut object = json!({"core": n, "error": e.to_string()});
+                    match &e {
+                        WalError::Corrupt { path, offset, reason } => {
+                            object["status"] = json!("corrupt");
+                            object["file"] = json!(path.display().to_string());
+                            object["offset"] = json!(offset);
+                            object["reason"] = json!(reason);
+                        }
+                        WalError::Layout(_) => object["status"] = json!("layout"),
+                        WalError::Io { path, .. } => {
+                            object["status"] = json!("unreadable");
+                            object["file"] = json!(path.display().to_string());
+                        }
+                    }
+                    println!("{object}");
+                } else {
+                    println!("core {n}: FAILED");
+                }
+                // Damage or another layout (1) outweighs a file that could not be read (2).
+                code = if code == 1 || wal_failure_code(&e) == 1 { 1 } else { 2 };
+                errors.push(format!("core {n}: {e}"));
+            }
+        }
+    }
+    if errors.is_empty() { Ok(()) } else { Err(Failure { code, message: errors.join("\nerror: ") }) }
+}
+
+/// `wal dump`: prints every record of one core's or every core's log segments.
+fn wal_dump(args: &WalArgs, core: Option<u16>) -> Result<(), Failure> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let result = dump_records(args, core, &mut out);
+    let _ = out.flush();
+    result
+}
+
+/// Writes the records of `wal dump` to `out`; notes on torn tails go to stderr.
+fn dump_records(args: &WalArgs, core: Option<u16>, out: &mut impl Write) -> Result<(), Failure> {
+    let mut dirs = cores_with_data(&args.data_dir)?;
+    if let Some(n) = core {
+        dirs.retain(|(c, _)| *c == n);
+        if dirs.is_empty() {
+            return Err(usage(format!("{}: no log for core {n}", args.data_dir.display())));
+        }
+    }
+    // Set when stdout is closed (e.g. piped into `head`): stop quietly.
+    let mut closed = false;
+    for (n, dir) in &dirs {
+        let files = recovery::list(dir).map_err(|e| Failure { code: wal_failure_code(&e), message: e.to_string() })?;
+        for (i, (_, path)) in files.segments.iter().enumerate() {
+            let last = i + 1 == files.segments.len();
+            let bytes = std::fs::read(path).map_err(|e| usage(format!("{}: {e}", path.display())))?;
+            if last && recovery::never_written(&bytes) {
+                eprintln!("core {n}: {}: a segment without a header (discarded at the next start)", path.display());
+                continue;
+            }
+            let scan = segment::scan(&bytes, path, last, |rec| {
+                let line = if args.json { record_json(*n, &rec).to_string() } else { record_text(*n, &rec) };
+                writeln!(out, "{line}").map_err(|source| {
+                    closed = true;
+                    WalError::Io { path: "stdout".into(), source }
+                })
+            });
+            match scan {
+                Ok(scan) => {
+                    if let segment::SegmentEnd::TornTail { offset, bytes } = scan.end {
+                        let _ = out.flush();
+                        eprintln!(
+                            "core {n}: {}: torn tail at offset {offset} ({bytes} bytes), not shown: discarded at the \
+                             next start",
+                            path.display()
+                        );
+                    }
+                }
+                Err(_) if closed => return Ok(()),
+                Err(e) => {
+                    let _ = out.flush();
+                    return Err(Failure { code: wal_failure_code(&e), message: format!("core {n}: {e}") });
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A logged command's name and fields, in order.
+fn command_fields(command: &crate::shard::Command) -> (&'static str, Vec<(&'static str, serde_json::Value)>) {
+    use crate::shard::Command as C;
+    let id = |id: u128| json!(format_id(id));
+    match command {
+        C::Reserve(op) => {
+            let mut fields = vec![
+                ("id", id(op.id)),
+                ("user", id(op.user)),
+                ("pool", json!(op.pool)),
+                ("qty", json!(op.qty)),
+                ("ttl_ms", json!(op.ttl_ms)),
+            ];
+            if op.priority != 0 {
+                fields.push(("priority", json!(op.priority)));
+            }
+            ("reserve", fields)
+        }
+        C::Confirm(op) => {
+            ("confirm", vec![("id", id(op.id)), ("user", id(op.user)), ("commit_ref", id(op.commit_ref))])
+        }
+        C::Release(op) => ("release", vec![("id", id(op.id)), ("user", id(op.user))]),
+        C::Extend(op) => ("extend", vec![("id", id(op.id)), ("user", id(op.user)), ("ttl_ms", json!(op.ttl_ms))]),
+        C::Lookup(op) => ("lookup", vec![("id", id(op.id)), ("user", id(op.user))]),
+        C::Tick => ("tick", Vec::new()),
+        C::Peer { from, seq, msg } => {
+            let mut fields = vec![("from", json!(from)), ("seq", json!(seq))];
+            let ticket = |t: Option<u64>| t.map_or(serde_json::Value::Null, |t| json!(t));
+            let (name, rest) = match *msg {
+                PeerMsg::Borrow { pool, need, ticket: t } => {
+                    ("borrow", vec![("pool", json!(pool)), ("need", json!(need)), ("ticket", ticket(t))])
+                }
+                PeerMsg::Grant { pool, units, ticket: t } => {
+                    ("grant", vec![("pool", json!(pool)), ("units", json!(units)), ("ticket", ticket(t))])
+                }
+                PeerMsg::SoldOut { pool, ticket: t } => ("sold_out", vec![("pool", json!(pool)), ("ticket", json!(t))]),
+                PeerMsg::Recall { pool } => ("recall", vec![("pool", json!(pool))]),
+                PeerMsg::Returned { pool, units } => ("returned", vec![("pool", json!(pool)), ("units", json!(units))]),
+                PeerMsg::Return { pool, units } => ("return", vec![("pool", json!(pool)), ("units", json!(units))]),
+                PeerMsg::Undrain { pool } => ("undrain", vec![("pool", json!(pool))]),
+            };
+            fields.push(("msg", json!(name)));
+            fields.extend(rest);
+            ("peer", fields)
+        }
+        C::PeerAck { from, seq } => ("peer_ack", vec![("from", json!(from)), ("seq", json!(seq))]),
+        C::CreatePool(def) => (
+            "create_pool",
+            vec![
+                ("id", json!(def.id)),
+                ("name", json!(def.name.as_ref())),
+                ("kind", json!(def.kind.name())),
+                ("active", json!(def.active)),
+                ("capacity", json!(def.capacity)),
+                ("hold_ttl_ms_default", json!(def.hold_ttl_ms_default)),
+                ("hold_ttl_ms_max", json!(def.hold_ttl_ms_max)),
+            ],
+        ),
+        C::SetPoolActive { pool, active } => {
+            ("set_pool_active", vec![("pool", json!(pool)), ("active", json!(active))])
+        }
+        C::SetLimits(c) => (
+            "set_limits",
+            vec![
+                ("core", json!(c.core)),
+                ("cores", json!(c.cores)),
+                ("holds_max", json!(c.holds_max)),
+                ("parked_max", json!(c.parked_max)),
+                ("retention_ms", json!(c.retention_ms)),
+                ("pools_max", json!(c.pools_max)),
+            ],
+        ),
+    }
+}
+
+/// One record as a line of text: `core=0 lsn=7 now_ms=... reserve id=... user=... pool=1 ...`.
+fn record_text(core: u16, rec: &Record) -> String {
+    let (name, fields) = command_fields(&rec.command);
+    let mut line = format!("core={core} lsn={} now_ms={} {name}", rec.lsn, rec.now_ms);
+    for (key, value) in fields {
+        match value {
+            serde_json::Value::String(s) => line.push_str(&format!(" {key}={s}")),
+            serde_json::Value::Null => line.push_str(&format!(" {key}=none")),
+            other => line.push_str(&format!(" {key}={other}")),
+        }
+    }
+    line
+}
+
+/// One record as a JSON object: core, lsn, now_ms, command and the command's fields in
+/// `args` (the limits record has a `core` of its own).
+fn record_json(core: u16, rec: &Record) -> serde_json::Value {
+    let (name, fields) = command_fields(&rec.command);
+    let args: serde_json::Map<String, serde_json::Value> =
+        fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    json!({"core": core, "lsn": rec.lsn, "now_ms": rec.now_ms, "command": name, "args": args})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::{Command as ShardCommand, EngineConfig};
+    use crate::wal::record;
+    use crate::wal::segment::SegmentHeader;
+
+    /// A data directory under the system's temporary directory, removed when dropped.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            let dir = std::env::temp_dir().join(format!("shardcap-cli-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("create a temporary directory");
+            TempDir(dir)
+        }
+
+        fn args(&self) -> WalArgs {
+            WalArgs { data_dir: self.0.clone(), json: false }
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn limits(core: u16, cores: u16) -> ShardCommand {
+        ShardCommand::SetLimits(EngineConfig {
+            core,
+            cores,
+            holds_max: 10,
+            parked_max: 4,
+            retention_ms: 1000,
+            pools_max: 2,
+        })
+    }
+
+    /// Writes `commands` as the log of core `core` of `cores` (from LSN 1); answers the
+    /// segment and where each record starts.
+    fn write_log(data_dir: &Path, core: u16, cores: u16, commands: &[ShardCommand]) -> (PathBuf, Vec<usize>) {
+        let dir = crate::wal::core_dir(data_dir, core);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut b = SegmentHeader { core, cores, first_lsn: 1 }.encode().to_vec();
+        let mut starts = Vec::new();
+        for (i, c) in commands.iter().enumerate() {
+            starts.push(b.len());
+            record::encode(i as u64 + 1, 1_000 + i as u64, c, &mut b);
+        }
+        let path = dir.join(segment::file_name(1));
+        std::fs::write(&path, b).unwrap();
+        (path, starts)
+    }
+
+    fn contents(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut all = Vec::new();
+        for core in std::fs::read_dir(dir).unwrap() {
+            for file in std::fs::read_dir(core.unwrap().path()).unwrap() {
+                let path = file.unwrap().path();
+                all.push((path.clone(), std::fs::read(&path).unwrap()));
+            }
+        }
+        all.sort();
+        all
+    }
+
+    /// Runs `wal dump` into memory: its result and the lines it printed.
+    fn dump(args: &WalArgs, core: Option<u16>) -> (Result<(), Failure>, Vec<String>) {
+        let mut out = Vec::new();
+        let result = dump_records(args, core, &mut out);
+        (result, String::from_utf8(out).expect("UTF-8").lines().map(str::to_string).collect())
+    }
+
+    fn failure(result: Result<(), Failure>) -> (i32, String) {
+        let f = result.expect_err("a failure");
+        (f.code, f.message)
+    }
+
+    #[test]
+    fn verify_accepts_a_torn_tail_and_changes_nothing() {
+        let dir = TempDir::new("verify-torn");
+        write_log(&dir.0, 0, 2, &[limits(0, 2), ShardCommand::Tick]);
+        let (path, _) = write_log(&dir.0, 1, 2, &[limits(1, 2), ShardCommand::Tick]);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(&[0xAB; 10]);
+        std::fs::write(&path, bytes).unwrap();
+        let before = contents(&dir.0);
+        assert!(wal_verify(&dir.args()).is_ok());
+        assert!(wal_verify(&WalArgs { json: true, ..dir.args() }).is_ok());
+        let (result, lines) = dump(&dir.args(), None);
+        assert!(result.is_ok());
+        assert_eq!(lines.len(), 4, "every record of both cores, not the torn tail: {lines:?}");
+        assert!(lines[0].starts_with("core=0 lsn=1 now_ms=1000 set_limits core=0 cores=2"), "{}", lines[0]);
+        assert_eq!(lines[3], "core=1 lsn=2 now_ms=1001 tick");
+        let (_, lines) = dump(&WalArgs { json: true, ..dir.args() }, Some(1));
+        let parsed: Vec<serde_json::Value> = lines.iter().map(|l| serde_json::from_str(l).expect("JSON")).collect();
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(parsed[1], json!({"core": 1, "lsn": 2, "now_ms": 1001, "command": "tick", "args": {}}));
+        assert_eq!(contents(&dir.0), before);
+    }
+
+    #[test]
+    fn verify_and_dump_name_the_file_and_offset_of_damage() {
+        let dir = TempDir::new("verify-damage");
+        let (path, starts) = write_log(&dir.0, 0, 1, &[limits(0, 1), ShardCommand::Tick, ShardCommand::Tick]);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[starts[1] + 20] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let expected =
+            format!("core 0: {}: corrupt at offset {}: record 2 is unreadable (Checksum)", path.display(), starts[1]);
+        assert_eq!(failure(wal_verify(&dir.args())), (1, expected.clone()));
+        let (result, lines) = dump(&dir.args(), Some(0));
+        assert_eq!(failure(result), (1, expected));
+        assert_eq!(lines.len(), 1, "the records before the damage are printed");
+    }
+
+    #[test]
+    fn verify_refuses_a_directory_of_another_layout() {
+        let dir = TempDir::new("verify-layout");
+        write_log(&dir.0, 0, 2, &[limits(0, 2)]);
+        let (code, message) = failure(wal_verify(&dir.args()));
+        assert_eq!(code, 1);
+        assert!(message.contains("log of core 0 of 2 starting at LSN 1, expected core 0 of 1"), "{message}");
+        write_log(&dir.0, 2, 2, &[limits(1, 2)]);
+        let (code, message) = failure(wal_verify(&dir.args()));
+        assert_eq!(code, 1);
+        assert!(message.contains("holds the logs of cores [0, 2]"), "{message}");
+    }
+
+    #[test]
+    fn verify_reports_a_log_the_state_machine_cannot_replay() {
+        let dir = TempDir::new("verify-replay");
+        // Message 5 from core 1 when none came before: the log skipped some.
+        let peer = ShardCommand::Peer { from: 1, seq: 5, msg: PeerMsg::Recall { pool: 1 } };
+        write_log(&dir.0, 0, 2, &[limits(0, 2), peer]);
+        write_log(&dir.0, 1, 2, &[limits(1, 2)]);
+        let (code, message) = failure(wal_verify(&dir.args()));
+        assert_eq!(code, 1);
+        assert!(message.starts_with("core 0: "), "{message}");
+        assert!(message.contains("replaying the log broke an invariant of the state machine"), "{message}");
+    }
+
+    #[test]
+    fn an_empty_directory_verifies_and_a_missing_one_is_bad_usage() {
+        let dir = TempDir::new("verify-empty");
+        std::fs::create_dir_all(dir.0.join("core-0")).unwrap();
+        assert!(wal_verify(&dir.args()).is_ok());
+        let missing = WalArgs { data_dir: dir.0.join("missing"), json: false };
+        assert_eq!(failure(wal_verify(&missing)).0, 2);
+        assert_eq!(failure(dump(&missing, None).0).0, 2);
+        write_log(&dir.0, 0, 1, &[limits(0, 1)]);
+        assert_eq!(failure(dump(&dir.args(), Some(1)).0).0, 2, "no log for core 1");
+    }
+
+    #[test]
+    fn records_print_as_text_and_json() {
+        let id = 0x0123_4567_89ab_cdef_0011_2233_4455_6677u128;
+        let reserve = ShardCommand::Reserve(ReserveOp { id, user: 2, pool: 1, qty: 2, ttl_ms: 0, priority: 0 });
+        let rec = Record { lsn: 7, now_ms: 1_700_000_000_123, command: reserve };
+        assert_eq!(
+            record_text(3, &rec),
+            "core=3 lsn=7 now_ms=1700000000123 reserve id=01234567-89ab-cdef-0011-223344556677 \
+             user=00000000-0000-0000-0000-000000000002 pool=1 qty=2 ttl_ms=0"
+        );
+        assert_eq!(
+            record_json(3, &rec),
+            json!({"core": 3, "lsn": 7, "now_ms": 1_700_000_000_123u64, "command": "reserve",
+                   "args": {"id": "01234567-89ab-cdef-0011-223344556677",
+                            "user": "00000000-0000-0000-0000-000000000002", "pool": 1, "qty": 2, "ttl_ms": 0}})
+        );
+        let grant = ShardCommand::Peer { from: 1, seq: 9, msg: PeerMsg::Grant { pool: 4, units: 12, ticket: None } };
+        let rec = Record { lsn: 8, now_ms: 5, command: grant };
+        assert_eq!(
+            record_text(0, &rec),
+            "core=0 lsn=8 now_ms=5 peer from=1 seq=9 msg=grant pool=4 units=12 ticket=none"
+        );
+        assert_eq!(
+            record_json(0, &rec)["args"],
+            json!({"from": 1, "seq": 9, "msg": "grant", "pool": 4, "units": 12, "ticket": null})
+        );
+        let rec = Record { lsn: 1, now_ms: 5, command: limits(0, 2) };
+        assert_eq!(
+            record_text(0, &rec),
+            "core=0 lsn=1 now_ms=5 set_limits core=0 cores=2 holds_max=10 parked_max=4 retention_ms=1000 pools_max=2"
+        );
     }
 }

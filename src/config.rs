@@ -146,7 +146,8 @@ impl Default for Limits {
 #[serde(deny_unknown_fields, default)]
 pub struct DurabilityConfig {
     /// `sync` (answers wait until their records are on disk), `batch` (the log is made
-    /// durable every `fsync_interval_ms`; a crash loses at most that window) or `none`
+    /// durable every `fsync_interval_ms`; a crash loses the last window: the interval plus two
+    /// writes and fdatasyncs) or `none`
     /// (memory only). Default `sync`.
     pub mode: Durability,
     /// In `batch` mode, how often the log is made durable, in ms. Default `5`.

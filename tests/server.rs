@@ -33,8 +33,12 @@ fn by_id(id: u32) -> PoolRef {
 
 #[test]
 fn serve_runs_on_embedded_defaults() {
+    // The default data directory is relative: run where it can be created and removed.
+    let cwd = common::temp_data_dir();
+    std::fs::create_dir_all(&cwd).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_shardcap"))
         .arg("serve")
+        .current_dir(&cwd)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -53,7 +57,10 @@ fn serve_runs_on_embedded_defaults() {
     });
     let _ = child.kill();
     let _ = child.wait();
+    let wrote_logs = cwd.join("shardcap-data/core-0").is_dir();
+    let _ = std::fs::remove_dir_all(&cwd);
     result.unwrap();
+    assert!(wrote_logs, "the default durability is sync, with logs under ./shardcap-data");
 }
 
 #[test]
@@ -204,4 +211,26 @@ fn pipelined_frames_are_answered_by_request_id() {
     }
     assert_eq!((ok, sold_out), (40, 0), "40 reserves of 1 unit fit exactly in 40 units");
     assert!(users.iter().all(|&u| home_core(u, 2) == 1));
+}
+
+#[test]
+fn sync_answers_wait_for_the_log() {
+    // In sync mode an answer leaves only once the log holds everything applied before it:
+    // right after each acknowledged reserve, the core's durable LSN covers every record it
+    // has logged (nothing else is logged meanwhile: no hold expires during the test).
+    let server = Server::start(2, &pool("durable", 1000));
+    let user = users_on(0, 2, 1)[0];
+    let mut c = server.core_client(0);
+    let mut admin = server.core_client(1);
+    for id in 1..=200u128 {
+        assert_eq!(c.reserve(&[reserve(id, user, 1, 1, 0)]).unwrap()[0].status, Status::Ok as u8);
+        let stats = admin.server_stats().unwrap();
+        let core0 = &stats[0];
+        assert!(core0.log_records >= id as u64, "every reserve is logged: {core0:?}");
+        assert!(
+            core0.log_durable_lsn >= core0.log_records,
+            "reserve {id} was answered before its record was durable: {core0:?}"
+        );
+    }
+    assert!(admin.server_stats().unwrap()[0].log_syncs > 0);
 }

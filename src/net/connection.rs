@@ -165,6 +165,9 @@ impl Connection {
             let hold = forwarded && !self.held_back && !self.closing && self.out.len() < HOLD_BACK_MAX_BYTES;
             self.held_back = hold;
             if !hold && !self.out.is_empty() {
+                // In sync mode nothing is answered before the log holds it (group commit:
+                // this waits for the one fdatasync that covers everything applied so far).
+                self.core.answers_durable().await;
                 if stream.write_all(&self.out).await.is_err() {
                     return;
                 }

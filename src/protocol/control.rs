@@ -482,9 +482,9 @@ impl PoolSetActive {
 
 /// Per-core counters (plain integers owned by each core, gathered on request).
 ///
-/// Layout (64 bytes): core u16 @0, reserved 6 bytes @2, then u64 counters: connections_open
+/// Layout (88 bytes): core u16 @0, reserved 6 bytes @2, then u64 counters: connections_open
 /// @8, frames @16, operations @24, forwarded_out @32, forwarded_in @40, borrow_messages @48,
-/// holds_live @56.
+/// holds_live @56, log_records @64, log_syncs @72, log_durable_lsn @80.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CoreStats {
     /// Core index.
@@ -504,11 +504,17 @@ pub struct CoreStats {
     pub borrow_messages: u64,
     /// Reservation records in this core's table (held and retained).
     pub holds_live: u64,
+    /// Records appended to this core's log since start (0 without a log).
+    pub log_records: u64,
+    /// fdatasyncs of this core's log since start.
+    pub log_syncs: u64,
+    /// LSN of the last record of this core's log that is on disk.
+    pub log_durable_lsn: u64,
 }
 
 impl CoreStats {
     /// Wire size in bytes.
-    pub const SIZE: usize = 64;
+    pub const SIZE: usize = 88;
     /// Appends the encoding.
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.core.to_le_bytes());
@@ -521,6 +527,9 @@ impl CoreStats {
             self.forwarded_in,
             self.borrow_messages,
             self.holds_live,
+            self.log_records,
+            self.log_syncs,
+            self.log_durable_lsn,
         ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
@@ -536,6 +545,9 @@ impl CoreStats {
             forwarded_in: u64_at(b, 40),
             borrow_messages: u64_at(b, 48),
             holds_live: u64_at(b, 56),
+            log_records: u64_at(b, 64),
+            log_syncs: u64_at(b, 72),
+            log_durable_lsn: u64_at(b, 80),
         }
     }
 }

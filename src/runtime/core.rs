@@ -582,14 +582,20 @@ impl CoreRuntime {
         Ok(())
     }
 
-    /// Starts serving after recovery: sends again every message peers may lack (they
-    /// ignore what they already have), expires what expired while the server was down,
-    /// then accepts connections.
-    fn resume(self: &Rc<Self>) {
+    /// Right after recovery, before this core applies anything from another core or
+    /// ticks: queues again every message peers may lack (they ignore what they already
+    /// have). They must leave before any message this core will send from now on, whose
+    /// sequence numbers follow theirs.
+    pub fn resend_unacked(&self) {
         let unacked = self.engine.borrow().unacked();
         for env in unacked {
             self.send_when_durable(env.to, MeshMsg::Peer { seq: env.seq, msg: env.msg });
         }
+    }
+
+    /// Starts serving after recovery: expires what expired while the server was down, then
+    /// accepts connections.
+    fn resume(self: &Rc<Self>) {
         self.tick();
         for listener in self.listeners.borrow_mut().drain(..) {
             glommio::spawn_local(crate::net::listener::accept_loop(self.clone(), listener)).detach();
@@ -680,6 +686,9 @@ impl CoreRuntime {
             forwarded_in: self.counters.forwarded_in.get(),
             borrow_messages: e.borrow_messages,
             holds_live: engine.holds_len() as u64,
+            log_records: self.log.stats().records,
+            log_syncs: self.log.stats().syncs,
+            log_durable_lsn: self.log.durable_lsn(),
         }
     }
 

@@ -244,6 +244,9 @@ async fn core_main(
         log.clone(),
         listeners,
     ));
+    // Messages kept from before a crash leave first: nothing this core does from now on
+    // (applying a message, ticking) may overtake them on their links.
+    runtime.resend_unacked();
     let mut receivers = receivers;
     for (peer, rx) in receivers.streams() {
         let runtime = runtime.clone();
@@ -351,9 +354,10 @@ fn check_layout(data_dir: &std::path::Path, cores: u16) -> Result<(), crate::wal
     }
     with_data.sort();
     if !with_data.is_empty() && with_data != (0..cores).collect::<Vec<_>>() {
+        let stored = with_data.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ");
         return Err(crate::wal::WalError::Layout(format!(
-            "{} holds the logs of a server with {} cores, this one has {cores}: start it with --cores {} \
-             (a data directory cannot change its core count)",
+            "{} holds the logs of {} cores ({stored}), this server has {cores}: start it with the core \
+             count that wrote them, --cores {} (a data directory cannot change its core count)",
             data_dir.display(),
             with_data.len(),
             with_data.len()

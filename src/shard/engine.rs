@@ -1192,8 +1192,9 @@ impl Engine {
         self.holds.snapshot_chunk(max, out)
     }
 
-    /// Rebuilds a core's state from a snapshot. Fails with a reason if the snapshot does not
-    /// describe a consistent state.
+    /// Rebuilds a core's state from a snapshot. Fails with a reason if the snapshot's data is
+    /// malformed; panics (a broken invariant, like any other) if it decodes into a state
+    /// whose counters disagree with its records.
     pub fn restore(head: &SnapshotHead, records: &[HoldSnap]) -> Result<Engine, String> {
         if head.format != SNAPSHOT_FORMAT {
             return Err(format!("snapshot format {} is not {SNAPSHOT_FORMAT}", head.format));

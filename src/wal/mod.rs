@@ -6,7 +6,8 @@
 //! nothing a command decided leaves the core — answers to clients, messages to other
 //! cores — before its record is on disk; the records of everything applied meanwhile are
 //! written and made durable together (group commit). Messages that carry units leave a
-//! core only once their record is durable in every mode, and are kept by the sender until
+//! core only once their record is durable in every mode that has a log (`sync` and
+//! `batch`), and are kept by the sender until
 //! the receiver has the message on disk (see [`crate::shard::Link`]): after a crash,
 //! whatever may not have arrived is sent again and the receiver ignores repeats, so no unit
 //! is lost or counted twice.
@@ -31,8 +32,9 @@ pub enum Durability {
     /// Answers wait until their records are on disk (one fdatasync for everything applied
     /// together). Nothing acknowledged is ever lost.
     Sync,
-    /// The log is made durable at most every `fsync_interval_ms`; answers do not wait, so a
-    /// crash loses at most that window of acknowledged operations.
+    /// The log is written and made durable every `fsync_interval_ms`; answers do not wait,
+    /// so a crash loses the operations acknowledged in the last window: up to the interval
+    /// plus the time of two writes and fdatasyncs.
     Batch,
     /// No log: the state lives in memory only (tests and benchmarks).
     None,

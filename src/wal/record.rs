@@ -244,3 +244,237 @@ fn decode_command(kind: u8, f: &[u8]) -> Option<Command> {
         _ => return None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::LookupOp;
+    use crate::protocol::control::PoolCreate;
+    use crate::shard::Engine;
+
+    const NOW: u64 = 1_700_000_000_123;
+
+    fn limits() -> EngineConfig {
+        EngineConfig { core: 1, cores: 3, holds_max: 1000, parked_max: 64, retention_ms: 60_000, pools_max: 16 }
+    }
+
+    fn pool_def(name: &str) -> PoolDef {
+        let req = PoolCreate {
+            name: name.into(),
+            capacity: 1_000_000,
+            hold_ttl_ms_default: 30_000,
+            hold_ttl_ms_max: 900_000,
+            kind: PoolKind::Counted as u8,
+            active: false,
+        };
+        Engine::new(limits(), NOW).validate_pool_create(&req).expect("a valid pool")
+    }
+
+    /// One command of every logged kind (every peer message among them), with the size of
+    /// its record.
+    fn every_logged_command() -> Vec<(Command, usize)> {
+        let id = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210u128;
+        let user = u128::MAX - 7;
+        let peer = |seq, msg| Command::Peer { from: 2, seq, msg };
+        vec![
+            (Command::Reserve(ReserveOp { id, user, pool: 3, qty: 7, ttl_ms: 60_000, priority: 9 }), 16 + 9 + 48),
+            (Command::Confirm(ConfirmOp { id, user, commit_ref: 0xfeed }), 16 + 9 + 48),
+            (Command::Release(ReleaseOp { id, user }), 16 + 9 + 32),
+            (Command::Extend(ExtendOp { id, user, ttl_ms: 1 }), 16 + 9 + 48),
+            (Command::Tick, 16 + 9),
+            (peer(1, PeerMsg::Borrow { pool: 4, need: 10, ticket: None }), 16 + 9 + 34),
+            (peer(2, PeerMsg::Borrow { pool: 4, need: 1, ticket: Some(77) }), 16 + 9 + 34),
+            (peer(3, PeerMsg::Grant { pool: 4, units: 12, ticket: None }), 16 + 9 + 34),
+            (peer(4, PeerMsg::Grant { pool: 4, units: 1, ticket: Some(77) }), 16 + 9 + 34),
+            (peer(5, PeerMsg::SoldOut { pool: 4, ticket: 78 }), 16 + 9 + 34),
+            (peer(6, PeerMsg::Recall { pool: 4 }), 16 + 9 + 34),
+            (peer(7, PeerMsg::Returned { pool: 4, units: 0 }), 16 + 9 + 34),
+            (peer(u64::MAX, PeerMsg::Return { pool: u32::MAX, units: u64::MAX }), 16 + 9 + 34),
+            (peer(9, PeerMsg::Undrain { pool: 4 }), 16 + 9 + 34),
+            (Command::CreatePool(pool_def("seats-2025")), 16 + 9 + 23 + 10),
+            (Command::CreatePool(pool_def(&"x".repeat(64))), 16 + 9 + 23 + 64),
+            (Command::SetPoolActive { pool: 5, active: true }, 16 + 9 + 5),
+            (Command::SetPoolActive { pool: 5, active: false }, 16 + 9 + 5),
+            (Command::SetLimits(limits()), 16 + 9 + 24),
+        ]
+    }
+
+    /// A record with `body` (kind, now_ms, fields) and a valid checksum.
+    fn sealed(lsn: u64, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; RECORD_HEADER_SIZE];
+        out[4..8].copy_from_slice(&(body.len() as u32).to_le_bytes());
+        out[8..16].copy_from_slice(&lsn.to_le_bytes());
+        out.extend_from_slice(body);
+        let crc = crc32c::crc32c(&out[4..]);
+        out[0..4].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// The body of `command`'s record, re-sealed after `change` edits it.
+    fn edited(command: &Command, change: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let mut b = Vec::new();
+        encode(1, NOW, command, &mut b);
+        let mut body = b[RECORD_HEADER_SIZE..].to_vec();
+        change(&mut body);
+        sealed(1, &body)
+    }
+
+    #[test]
+    fn every_command_kind_round_trips_with_its_documented_size() {
+        for (i, (command, size)) in every_logged_command().into_iter().enumerate() {
+            let lsn = 1000 + i as u64;
+            let mut b = vec![0xEE; 3]; // records are appended after whatever is there
+            encode(lsn, NOW + i as u64, &command, &mut b);
+            assert_eq!(&b[..3], &[0xEE; 3], "{command:?}: bytes before the record untouched");
+            let rec = &b[3..];
+            assert_eq!(rec.len(), size, "{command:?}: record size");
+            assert!(rec.len() - RECORD_HEADER_SIZE <= RECORD_BODY_MAX, "{command:?}: body within the maximum");
+            assert_eq!(u32::from_le_bytes(rec[4..8].try_into().unwrap()) as usize, size - RECORD_HEADER_SIZE);
+            assert_eq!(u64::from_le_bytes(rec[8..16].try_into().unwrap()), lsn);
+            assert_eq!(u64::from_le_bytes(rec[17..25].try_into().unwrap()), NOW + i as u64);
+            assert_eq!(u32::from_le_bytes(rec[0..4].try_into().unwrap()), crc32c::crc32c(&rec[4..]));
+            let (decoded, used) = decode(rec).expect("a record just encoded decodes");
+            assert_eq!(used, size);
+            assert_eq!(decoded, Record { lsn, now_ms: NOW + i as u64, command });
+        }
+    }
+
+    #[test]
+    fn kinds_have_their_documented_numbers() {
+        let kinds: Vec<u8> = every_logged_command()
+            .iter()
+            .map(|(c, _)| {
+                let mut b = Vec::new();
+                encode(1, NOW, c, &mut b);
+                b[RECORD_HEADER_SIZE]
+            })
+            .collect();
+        assert_eq!(kinds, [1, 2, 3, 4, 5, 6, 6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 8, 8, 9]);
+    }
+
+    #[test]
+    fn records_back_to_back_decode_one_after_the_other() {
+        let commands = every_logged_command();
+        let mut b = Vec::new();
+        for (i, (c, _)) in commands.iter().enumerate() {
+            encode(i as u64 + 1, NOW, c, &mut b);
+        }
+        let mut pos = 0;
+        for (i, (c, size)) in commands.iter().enumerate() {
+            let (rec, used) = decode(&b[pos..]).expect("decodes");
+            assert_eq!((rec.lsn, &rec.command, used), (i as u64 + 1, c, *size));
+            pos += used;
+        }
+        assert_eq!(pos, b.len());
+    }
+
+    #[test]
+    fn only_lookups_and_acks_are_not_logged() {
+        for (c, _) in every_logged_command() {
+            assert!(is_logged(&c), "{c:?} changes the state and is logged");
+        }
+        assert!(!is_logged(&Command::Lookup(LookupOp { id: 1, user: 2 })));
+        assert!(!is_logged(&Command::PeerAck { from: 1, seq: 9 }));
+    }
+
+    #[test]
+    #[should_panic(expected = "is not logged")]
+    fn encoding_a_lookup_is_a_bug() {
+        encode(1, NOW, &Command::Lookup(LookupOp { id: 1, user: 2 }), &mut Vec::new());
+    }
+
+    #[test]
+    #[should_panic(expected = "is not logged")]
+    fn encoding_an_ack_is_a_bug() {
+        encode(1, NOW, &Command::PeerAck { from: 1, seq: 2 }, &mut Vec::new());
+    }
+
+    #[test]
+    fn short_input_is_short() {
+        let mut b = Vec::new();
+        encode(5, NOW, &Command::Release(ReleaseOp { id: 1, user: 2 }), &mut b);
+        for cut in 0..b.len() {
+            assert_eq!(decode(&b[..cut]), Err(Bad::Short), "cut at {cut}");
+        }
+        assert!(decode(&b).is_ok());
+    }
+
+    #[test]
+    fn impossible_lengths_are_refused_before_reading_the_body() {
+        for len in [0u32, 1, 8, RECORD_BODY_MAX as u32 + 1, u32::MAX] {
+            let mut b = vec![0u8; 400];
+            b[4..8].copy_from_slice(&len.to_le_bytes());
+            assert_eq!(decode(&b), Err(Bad::Length), "body length {len}");
+        }
+        // The shortest and longest possible bodies pass the length check.
+        assert_eq!(
+            decode(&sealed(1, &[KIND_TICK, 0, 0, 0, 0, 0, 0, 0, 0])).map(|(r, n)| (r.command, n)),
+            Ok((Command::Tick, 25))
+        );
+        assert_eq!(decode(&sealed(1, &[0u8; RECORD_BODY_MAX])), Err(Bad::Body));
+    }
+
+    #[test]
+    fn any_flipped_bit_fails_the_checksum_or_the_length() {
+        let mut b = Vec::new();
+        encode(
+            9,
+            NOW,
+            &Command::Reserve(ReserveOp { id: 3, user: 4, pool: 1, qty: 2, ttl_ms: 0, priority: 0 }),
+            &mut b,
+        );
+        for i in 0..b.len() {
+            for bit in 0..8 {
+                let mut damaged = b.clone();
+                damaged[i] ^= 1 << bit;
+                let got = decode(&damaged);
+                let expected = if (4..8).contains(&i) {
+                    // A longer announced body is short of bytes or too long; a shorter one
+                    // fails the checksum.
+                    [Err(Bad::Short), Err(Bad::Length), Err(Bad::Checksum)].contains(&got)
+                } else {
+                    got == Err(Bad::Checksum)
+                };
+                assert!(expected, "byte {i} bit {bit}: {got:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn bodies_that_are_not_commands_are_refused_even_with_a_good_checksum() {
+        let reserve = Command::Reserve(ReserveOp { id: 3, user: 4, pool: 1, qty: 2, ttl_ms: 0, priority: 0 });
+        let extend = Command::Extend(ExtendOp { id: 3, user: 4, ttl_ms: 10 });
+        let peer = Command::Peer { from: 1, seq: 1, msg: PeerMsg::Recall { pool: 1 } };
+        let create = Command::CreatePool(pool_def("seats"));
+        let active = Command::SetPoolActive { pool: 1, active: true };
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("unknown kind 0", edited(&Command::Tick, |b| b[0] = 0)),
+            ("unknown kind 10", edited(&Command::Tick, |b| b[0] = 10)),
+            ("tick with a field", edited(&Command::Tick, |b| b.push(0))),
+            ("reserve one byte short", edited(&reserve, |b| b.truncate(b.len() - 1))),
+            ("reserve one byte long", edited(&reserve, |b| b.push(0))),
+            ("reserve reserved byte set", edited(&reserve, |b| b[9 + 46] = 1)),
+            ("extend reserved byte set", edited(&extend, |b| b[9 + 40] = 1)),
+            (
+                "release with confirm's length",
+                edited(&Command::Release(ReleaseOp { id: 1, user: 2 }), |b| b.extend([0; 16])),
+            ),
+            ("peer tag 0", edited(&peer, |b| b[9 + 10] = 0)),
+            ("peer tag 8", edited(&peer, |b| b[9 + 10] = 8)),
+            ("peer ticket flag 2", edited(&peer, |b| b[9 + 11] = 2)),
+            ("peer one byte short", edited(&peer, |b| b.truncate(b.len() - 1))),
+            ("pool kind 2", edited(&create, |b| b[9 + 4] = 2)),
+            ("pool active 2", edited(&create, |b| b[9 + 5] = 2)),
+            ("pool name longer than announced", edited(&create, |b| b.push(b'x'))),
+            ("pool name shorter than announced", edited(&create, |b| b[9 + 22] += 1)),
+            ("pool name not UTF-8", edited(&create, |b| b[9 + 23] = 0xFF)),
+            ("pool record without a name length", edited(&create, |b| b.truncate(9 + 22))),
+            ("activation flag 2", edited(&active, |b| b[9 + 4] = 2)),
+            ("activation one byte long", edited(&active, |b| b.push(1))),
+            ("limits one byte short", edited(&Command::SetLimits(limits()), |b| b.truncate(b.len() - 1))),
+        ];
+        for (what, bytes) in cases {
+            assert_eq!(decode(&bytes), Err(Bad::Body), "{what}");
+        }
+    }
+}
