@@ -903,29 +903,11 @@ fn record_json(core: u16, rec: &Record) -> serde_json::Value {
 mod tests {
     use super::*;
     use crate::shard::{Command as ShardCommand, EngineConfig};
-    use crate::wal::record;
     use crate::wal::segment::SegmentHeader;
+    use crate::wal::{TempDir, record};
 
-    /// A data directory under the system's temporary directory, removed when dropped.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> TempDir {
-            let dir = std::env::temp_dir().join(format!("shardcap-cli-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).expect("create a temporary directory");
-            TempDir(dir)
-        }
-
-        fn args(&self) -> WalArgs {
-            WalArgs { data_dir: self.0.clone(), json: false }
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
+    fn args(dir: &TempDir) -> WalArgs {
+        WalArgs { data_dir: dir.0.clone(), json: false }
     }
 
     fn limits(core: u16, cores: u16) -> ShardCommand {
@@ -981,21 +963,21 @@ mod tests {
 
     #[test]
     fn verify_accepts_a_torn_tail_and_changes_nothing() {
-        let dir = TempDir::new("verify-torn");
+        let dir = TempDir::new("cli-verify-torn");
         write_log(&dir.0, 0, 2, &[limits(0, 2), ShardCommand::Tick]);
         let (path, _) = write_log(&dir.0, 1, 2, &[limits(1, 2), ShardCommand::Tick]);
         let mut bytes = std::fs::read(&path).unwrap();
         bytes.extend_from_slice(&[0xAB; 10]);
         std::fs::write(&path, bytes).unwrap();
         let before = contents(&dir.0);
-        assert!(wal_verify(&dir.args()).is_ok());
-        assert!(wal_verify(&WalArgs { json: true, ..dir.args() }).is_ok());
-        let (result, lines) = dump(&dir.args(), None);
+        assert!(wal_verify(&args(&dir)).is_ok());
+        assert!(wal_verify(&WalArgs { json: true, ..args(&dir) }).is_ok());
+        let (result, lines) = dump(&args(&dir), None);
         assert!(result.is_ok());
         assert_eq!(lines.len(), 4, "every record of both cores, not the torn tail: {lines:?}");
         assert!(lines[0].starts_with("core=0 lsn=1 now_ms=1000 set_limits core=0 cores=2"), "{}", lines[0]);
         assert_eq!(lines[3], "core=1 lsn=2 now_ms=1001 tick");
-        let (_, lines) = dump(&WalArgs { json: true, ..dir.args() }, Some(1));
+        let (_, lines) = dump(&WalArgs { json: true, ..args(&dir) }, Some(1));
         let parsed: Vec<serde_json::Value> = lines.iter().map(|l| serde_json::from_str(l).expect("JSON")).collect();
         assert_eq!(parsed.len(), 2);
         assert_eq!(parsed[1], json!({"core": 1, "lsn": 2, "now_ms": 1001, "command": "tick", "args": {}}));
@@ -1004,40 +986,40 @@ mod tests {
 
     #[test]
     fn verify_and_dump_name_the_file_and_offset_of_damage() {
-        let dir = TempDir::new("verify-damage");
+        let dir = TempDir::new("cli-verify-damage");
         let (path, starts) = write_log(&dir.0, 0, 1, &[limits(0, 1), ShardCommand::Tick, ShardCommand::Tick]);
         let mut bytes = std::fs::read(&path).unwrap();
         bytes[starts[1] + 20] ^= 1;
         std::fs::write(&path, bytes).unwrap();
         let expected =
             format!("core 0: {}: corrupt at offset {}: record 2 is unreadable (Checksum)", path.display(), starts[1]);
-        assert_eq!(failure(wal_verify(&dir.args())), (1, expected.clone()));
-        let (result, lines) = dump(&dir.args(), Some(0));
+        assert_eq!(failure(wal_verify(&args(&dir))), (1, expected.clone()));
+        let (result, lines) = dump(&args(&dir), Some(0));
         assert_eq!(failure(result), (1, expected));
         assert_eq!(lines.len(), 1, "the records before the damage are printed");
     }
 
     #[test]
     fn verify_refuses_a_directory_of_another_layout() {
-        let dir = TempDir::new("verify-layout");
+        let dir = TempDir::new("cli-verify-layout");
         write_log(&dir.0, 0, 2, &[limits(0, 2)]);
-        let (code, message) = failure(wal_verify(&dir.args()));
+        let (code, message) = failure(wal_verify(&args(&dir)));
         assert_eq!(code, 1);
         assert!(message.contains("log of core 0 of 2 starting at LSN 1, expected core 0 of 1"), "{message}");
         write_log(&dir.0, 2, 2, &[limits(1, 2)]);
-        let (code, message) = failure(wal_verify(&dir.args()));
+        let (code, message) = failure(wal_verify(&args(&dir)));
         assert_eq!(code, 1);
         assert!(message.contains("holds the logs of cores [0, 2]"), "{message}");
     }
 
     #[test]
     fn verify_reports_a_log_the_state_machine_cannot_replay() {
-        let dir = TempDir::new("verify-replay");
+        let dir = TempDir::new("cli-verify-replay");
         // Message 5 from core 1 when none came before: the log skipped some.
         let peer = ShardCommand::Peer { from: 1, seq: 5, msg: PeerMsg::Recall { pool: 1 } };
         write_log(&dir.0, 0, 2, &[limits(0, 2), peer]);
         write_log(&dir.0, 1, 2, &[limits(1, 2)]);
-        let (code, message) = failure(wal_verify(&dir.args()));
+        let (code, message) = failure(wal_verify(&args(&dir)));
         assert_eq!(code, 1);
         assert!(message.starts_with("core 0: "), "{message}");
         assert!(message.contains("replaying the log broke an invariant of the state machine"), "{message}");
@@ -1045,14 +1027,14 @@ mod tests {
 
     #[test]
     fn an_empty_directory_verifies_and_a_missing_one_is_bad_usage() {
-        let dir = TempDir::new("verify-empty");
+        let dir = TempDir::new("cli-verify-empty");
         std::fs::create_dir_all(dir.0.join("core-0")).unwrap();
-        assert!(wal_verify(&dir.args()).is_ok());
+        assert!(wal_verify(&args(&dir)).is_ok());
         let missing = WalArgs { data_dir: dir.0.join("missing"), json: false };
         assert_eq!(failure(wal_verify(&missing)).0, 2);
         assert_eq!(failure(dump(&missing, None).0).0, 2);
         write_log(&dir.0, 0, 1, &[limits(0, 1)]);
-        assert_eq!(failure(dump(&dir.args(), Some(1)).0).0, 2, "no log for core 1");
+        assert_eq!(failure(dump(&args(&dir), Some(1)).0).0, 2, "no log for core 1");
     }
 
     #[test]

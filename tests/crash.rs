@@ -951,7 +951,10 @@ fn data_dir_of_two_cores_is_refused_by_a_one_core_server() {
 
     let (status, stderr) = start_refused(1, &config, &dir);
     assert!(!status.success(), "a 1-core server must refuse a 2-core data directory: {status}");
-    assert!(stderr.contains("2 cores") && stderr.contains(" has 1"), "stderr names both core counts: {stderr}");
+    assert!(
+        stderr.contains("a server with 2 cores (core-0, core-1), this server has 1") && stderr.contains("--cores 2"),
+        "stderr names both core counts and the fix: {stderr}"
+    );
 
     // The refusal changed nothing: the 2-core server starts and has the reservation.
     let server = Server::start_in(2, &config, &dir);

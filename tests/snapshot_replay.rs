@@ -160,3 +160,37 @@ proptest! {
         prop_assert_eq!(live, replayed);
     }
 }
+
+/// A snapshot that decodes but breaks an invariant is refused with a reason (recovery
+/// reports it as a corrupt file) instead of aborting the server.
+#[test]
+fn a_snapshot_that_breaks_an_invariant_is_refused_with_a_reason() {
+    let template = EngineConfig { core: 0, cores: 2, holds_max: 64, parked_max: 64, retention_ms: 700, pools_max: 4 };
+    let mut c = Cluster::new(2, template, START_MS);
+    let req = PoolCreate {
+        name: "p".into(),
+        capacity: 10,
+        hold_ttl_ms_default: 900,
+        hold_ttl_ms_max: 3000,
+        kind: 0,
+        active: true,
+    };
+    c.create_pool(&req).unwrap();
+    let (head, records) = canonical(&mut c.engines[0]);
+    assert!(Engine::restore(&head, &records).is_ok(), "the untouched snapshot restores");
+
+    let mut held_without_records = head.clone();
+    held_without_records.pools[0].held = 2;
+    let err = Engine::restore(&held_without_records, &records).err().expect("refused");
+    assert!(err.contains("held units of pool 1 (2) disagree with its holds (0)"), "{err}");
+
+    let mut oversold = head.clone();
+    oversold.pools[0].confirmed = oversold.pools[0].shard_capacity + 1;
+    let err = Engine::restore(&oversold, &records).err().expect("refused");
+    assert!(err.contains("oversell on pool 1"), "{err}");
+
+    let mut created = head;
+    created.pools[0].shard_capacity += 1;
+    let err = Engine::restore(&created, &records).err().expect("refused");
+    assert!(err.contains("units created or lost on pool 1"), "{err}");
+}

@@ -353,15 +353,55 @@ fn check_layout(data_dir: &std::path::Path, cores: u16) -> Result<(), crate::wal
         }
     }
     with_data.sort();
-    if !with_data.is_empty() && with_data != (0..cores).collect::<Vec<_>>() {
-        let stored = with_data.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ");
-        return Err(crate::wal::WalError::Layout(format!(
-            "{} holds the logs of {} cores ({stored}), this server has {cores}: start it with the core \
-             count that wrote them, --cores {} (a data directory cannot change its core count)",
-            data_dir.display(),
-            with_data.len(),
-            with_data.len()
-        )));
+    let found = with_data.len() as u16;
+    if with_data.is_empty() || with_data == (0..cores).collect::<Vec<_>>() {
+        return Ok(());
     }
-    Ok(())
+    let stored = with_data.iter().map(|n| format!("core-{n}")).collect::<Vec<_>>().join(", ");
+    let dir = data_dir.display();
+    Err(crate::wal::WalError::Layout(if with_data == (0..found).collect::<Vec<_>>() {
+        format!(
+            "{dir} holds the logs of a server with {found} cores ({stored}), this server has {cores}: start it \
+             with --cores {found} (a data directory cannot change its core count)"
+        )
+    } else {
+        format!(
+            "{dir} holds the logs of {stored}, which is not core-0 to core-<N-1> of any core count: restore the missing directories or start from an empty directory"
+        )
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_layout;
+    use crate::wal::{TempDir, segment};
+
+    /// A data directory whose `core-<n>` directories hold one segment each.
+    fn data_dir(cores_with_data: &[u16]) -> TempDir {
+        let name: String = cores_with_data.iter().map(|n| format!("-{n}")).collect();
+        let dir = TempDir::new(&format!("layout{name}"));
+        for n in cores_with_data {
+            let core = dir.0.join(format!("core-{n}"));
+            std::fs::create_dir(&core).unwrap();
+            std::fs::write(core.join(segment::file_name(1)), b"").unwrap();
+        }
+        std::fs::create_dir(dir.0.join("core-7")).unwrap(); // empty: not counted
+        dir
+    }
+
+    #[test]
+    fn the_data_directory_must_match_the_core_count() {
+        assert!(check_layout(&data_dir(&[]).0.join("missing"), 2).is_ok(), "a new directory");
+        assert!(check_layout(&data_dir(&[]).0, 2).is_ok(), "no core has data yet");
+        assert!(check_layout(&data_dir(&[0, 1]).0, 2).is_ok());
+
+        let err = check_layout(&data_dir(&[0, 1]).0, 4).unwrap_err().to_string();
+        assert!(
+            err.contains("a server with 2 cores (core-0, core-1), this server has 4: start it with --cores 2"),
+            "{err}"
+        );
+
+        let err = check_layout(&data_dir(&[0, 2]).0, 2).unwrap_err().to_string();
+        assert!(err.contains("holds the logs of core-0, core-2, which is not core-0 to core-<N-1>"), "{err}");
+    }
 }

@@ -1065,37 +1065,59 @@ impl Engine {
 
     /// Checks this core's invariants (cheap: per pool, not per hold). Panics on a violation.
     pub fn check_invariants(&self) {
+        if let Some(broken) = self.broken_invariant() {
+            panic!("{broken}");
+        }
+    }
+
+    /// The first invariant of [`Self::check_invariants`] that does not hold, if any.
+    pub fn broken_invariant(&self) -> Option<String> {
         let mut parked = 0;
         for slot in &self.pools {
             let s = &slot.shard;
-            assert!(s.held + s.confirmed <= s.capacity, "oversell on pool {}: {s:?}", slot.def.id);
-            assert_eq!(s.capacity + s.lent - s.borrowed, s.share, "units created or lost on pool {}", slot.def.id);
-            let home = slot.def.home_core(self.cfg.cores) == self.cfg.core;
-            if !home && s.drained {
-                assert_eq!(s.available(), 0, "drained shard of pool {} keeps free units", slot.def.id);
+            let id = slot.def.id;
+            if s.held + s.confirmed > s.capacity {
+                return Some(format!("oversell on pool {id}: {s:?}"));
             }
-            if home {
-                let recalling = matches!(slot.bank.mode, BankMode::Recalling { .. });
-                assert!(recalling || s.waiting.is_empty(), "home line of pool {} waits outside a recall", slot.def.id);
+            if s.capacity + s.lent != s.share + s.borrowed {
+                return Some(format!("units created or lost on pool {id}: {s:?}"));
+            }
+            let home = slot.def.home_core(self.cfg.cores) == self.cfg.core;
+            if !home && s.drained && s.available() != 0 {
+                return Some(format!("drained shard of pool {id} keeps free units"));
+            }
+            let recalling = matches!(slot.bank.mode, BankMode::Recalling { .. });
+            if home && !recalling && !s.waiting.is_empty() {
+                return Some(format!("home line of pool {id} waits outside a recall"));
             }
             parked += s.waiting.len() as u32;
         }
-        assert_eq!(parked, self.parked_total);
+        (parked != self.parked_total).then(|| format!("{parked} reserves parked, {} counted", self.parked_total))
     }
 
     /// Checks the invariants and, record by record, that each shard's `held` is the sum of
-    /// its live holds (slow; for tests).
+    /// its live holds (slow; for tests and for restoring snapshots).
     pub fn audit(&self) {
-        self.check_invariants();
+        if let Some(broken) = self.audit_failure() {
+            panic!("{broken}");
+        }
+    }
+
+    /// The first failure of [`Self::audit`], if any.
+    pub fn audit_failure(&self) -> Option<String> {
+        if let Some(broken) = self.broken_invariant() {
+            return Some(broken);
+        }
         let mut held = vec![0u64; self.pools.len()];
         for (_, h) in self.holds.iter() {
             if h.state() == ReservationState::Held {
                 held[h.pool() as usize - 1] += h.qty() as u64;
             }
         }
-        for (slot, sum) in self.pools.iter().zip(held) {
-            assert_eq!(slot.shard.held, sum, "held units of pool {} disagree with its holds", slot.def.id);
-        }
+        let mut pools = self.pools.iter().zip(held);
+        pools.find(|(slot, sum)| slot.shard.held != *sum).map(|(slot, sum)| {
+            format!("held units of pool {} ({}) disagree with its holds ({sum})", slot.def.id, slot.shard.held)
+        })
     }
 
     /// Free units of pool `pool` on this shard (for tests and capacity hints).
@@ -1193,8 +1215,8 @@ impl Engine {
     }
 
     /// Rebuilds a core's state from a snapshot. Fails with a reason if the snapshot's data is
-    /// malformed; panics (a broken invariant, like any other) if it decodes into a state
-    /// whose counters disagree with its records.
+    /// malformed or decodes into a state that breaks an invariant (counters that disagree
+    /// with the records, more units than the pool has).
     pub fn restore(head: &SnapshotHead, records: &[HoldSnap]) -> Result<Engine, String> {
         if head.format != SNAPSHOT_FORMAT {
             return Err(format!("snapshot format {} is not {SNAPSHOT_FORMAT}", head.format));
@@ -1277,7 +1299,9 @@ impl Engine {
             e.holds.set_commit_ref(slot, r.commit_ref);
             e.wheel.insert(slot, r.when_ms, &mut e.holds);
         }
-        e.audit();
-        Ok(e)
+        match e.audit_failure() {
+            Some(broken) => Err(format!("the snapshot breaks an invariant: {broken}")),
+            None => Ok(e),
+        }
     }
 }

@@ -2,13 +2,15 @@
 //! (from `holds_max_per_core`), and an index from reservation id to slab slot that stores
 //! only the 4-byte slot. A held reservation costs 48 bytes of record plus 5 to 9 bytes of
 //! index (4-byte slot and 1 control byte per bucket, at a load factor between 7/16 and
-//! 7/8); inserting one allocates nothing.
+//! 7/8); inserting one allocates nothing. Both are large and accessed at random, so they
+//! ask for 2 MiB pages ([`super::huge`]).
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
 
+use super::huge::{self, HugeAlloc};
 use super::wheel::{Links, NIL};
 use crate::protocol::ReservationState;
 
@@ -111,7 +113,7 @@ impl Hold {
 pub struct HoldTable {
     slab: Vec<Hold>,
     free_head: u32,
-    index: HashTable<u32>,
+    index: HashTable<u32, HugeAlloc>,
     hasher: DefaultHashBuilder,
     capacity: u32,
     len: u32,
@@ -154,10 +156,12 @@ pub struct HoldSnap {
 impl HoldTable {
     /// A table for at most `capacity` records, allocated now.
     pub fn with_capacity(capacity: u32) -> Self {
+        let mut slab = Vec::with_capacity(capacity as usize);
+        huge::advise_spare(&mut slab);
         HoldTable {
-            slab: Vec::with_capacity(capacity as usize),
+            slab,
             free_head: NIL,
-            index: HashTable::with_capacity(capacity as usize),
+            index: HashTable::with_capacity_in(capacity as usize, HugeAlloc),
             hasher: DefaultHashBuilder::default(),
             capacity,
             len: 0,
@@ -232,7 +236,10 @@ impl HoldTable {
     /// lowered limit stays as it is and refuses new records until it is below.
     pub fn set_capacity(&mut self, capacity: u32) {
         let more = (capacity as usize).saturating_sub(self.slab.len());
-        self.slab.reserve_exact(more);
+        if more > self.slab.spare_capacity_mut().len() {
+            self.slab.reserve_exact(more);
+            huge::advise_spare(&mut self.slab);
+        }
         if self.commit_refs.len() < capacity as usize {
             self.commit_refs.resize(capacity as usize, 0);
         }

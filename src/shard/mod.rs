@@ -13,6 +13,7 @@
 pub mod cluster;
 pub mod engine;
 pub mod holds;
+pub mod huge;
 pub mod model;
 pub mod pool;
 pub mod snapshot;

@@ -23,6 +23,28 @@ pub mod segment;
 pub mod snapshot_file;
 pub mod writer;
 
+/// A directory under the system's temporary directory for unit tests, removed when dropped.
+#[cfg(test)]
+pub(crate) struct TempDir(pub std::path::PathBuf);
+
+#[cfg(test)]
+impl TempDir {
+    /// `shardcap-<name>-<pid>`, emptied if it exists.
+    pub(crate) fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("shardcap-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create a temporary directory");
+        TempDir(dir)
+    }
+}
+
+#[cfg(test)]
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 use std::path::PathBuf;
 
 /// How a server makes its state durable.

@@ -106,12 +106,13 @@ pub fn recover(
     let mut replayed = 0;
     let mut append_at = None;
     let mut torn = None;
+    let mut bytes = Vec::new();
     for (i, (first_lsn, path)) in segments.iter().enumerate() {
         let last = i + 1 == segments.len();
         if !last && segments[i + 1].0 <= snapshot_lsn + 1 {
             continue; // Entirely before the snapshot (left behind by an interrupted clean-up).
         }
-        let bytes = std::fs::read(path).map_err(io(path))?;
+        read_segment(path, &mut bytes)?;
         if last && never_written(&bytes) {
             // A crash while the segment was being started: it holds no record (none is
             // written before its header is durable). The log starts it again.
@@ -178,6 +179,22 @@ pub fn recover(
     Ok(Recovered { engine, last_lsn, snapshot_lsn, replayed, segments, append_at, torn })
 }
 
+/// Reads the file at `path` into `buf`, which keeps its memory from one segment to the next
+/// (segments are up to `segment_size_bytes` each; fresh memory for each would be faulted in
+/// again).
+fn read_segment(path: &Path, buf: &mut Vec<u8>) -> Result<(), WalError> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(io(path))?;
+    let len = file.metadata().map_err(io(path))?.len() as usize;
+    buf.clear();
+    if buf.capacity() < len {
+        buf.reserve_exact(len);
+        crate::shard::huge::advise_spare(buf);
+    }
+    file.read_to_end(buf).map_err(io(path))?;
+    Ok(())
+}
+
 /// True for a segment file whose header never reached the disk: shorter than a header, or
 /// nothing but zeros. As the last segment, it is what a crash while the log was starting
 /// that segment leaves (no record is written before the header is durable).
@@ -204,28 +221,10 @@ mod tests {
     use crate::protocol::{ConfirmOp, ExtendOp, ReleaseOp, ReserveOp};
     use crate::shard::snapshot::{HoldSnap, SnapshotHead};
     use crate::shard::{EngineConfig, PeerMsg};
-    use crate::wal::record;
     use crate::wal::segment::SegmentHeader;
+    use crate::wal::{TempDir, record};
 
     const T0: u64 = 1_700_000_000_000;
-
-    /// A directory under the system's temporary directory, removed when dropped.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> TempDir {
-            let dir = std::env::temp_dir().join(format!("shardcap-recovery-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).expect("create a temporary directory");
-            TempDir(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     fn limits(core: u16, cores: u16) -> EngineConfig {
         EngineConfig { core, cores, holds_max: 100, parked_max: 8, retention_ms: 60_000, pools_max: 4 }
@@ -383,7 +382,7 @@ mod tests {
 
     #[test]
     fn list_finds_snapshots_and_segments_in_lsn_order() {
-        let dir = TempDir::new("list");
+        let dir = TempDir::new("recovery-list");
         for name in
             ["wal-00000000000000000010.log", "wal-00000000000000000002.log", "snapshot-00000000000000000009.snap"]
         {
@@ -403,7 +402,7 @@ mod tests {
 
     #[test]
     fn an_empty_or_missing_directory_recovers_nothing() {
-        let dir = TempDir::new("empty");
+        let dir = TempDir::new("recovery-empty");
         for d in [dir.0.clone(), dir.0.join("missing")] {
             let r = recover(&d, 0, 2, true, |_| panic!("no record")).expect("nothing to recover");
             assert!(r.engine.is_none());
@@ -414,7 +413,7 @@ mod tests {
 
     #[test]
     fn records_alone_rebuild_the_state() {
-        let dir = TempDir::new("records");
+        let dir = TempDir::new("recovery-records");
         let first = write_records(&dir.0, 1, 5);
         let second = write_records(&dir.0, 6, 13);
         let (result, seen) = recover_read_only(&dir.0);
@@ -431,7 +430,7 @@ mod tests {
 
     #[test]
     fn a_log_without_a_snapshot_must_start_with_the_limits() {
-        let dir = TempDir::new("no-limits");
+        let dir = TempDir::new("recovery-no-limits");
         let path = write_segment(&dir.0, (0, 2), 1, &log()[1..4]);
         let (result, seen) = recover_read_only(&dir.0);
         let (p, offset, reason) = corrupt(result);
@@ -444,7 +443,7 @@ mod tests {
     fn a_snapshot_and_the_log_after_it_give_the_state_of_the_whole_log() {
         let expected = state(&mut reference(13));
         for lsn in 1..=13u64 {
-            let dir = TempDir::new(&format!("snapshot-{lsn}"));
+            let dir = TempDir::new(&format!("recovery-snapshot-{lsn}"));
             write_records(&dir.0, 1, 5);
             write_records(&dir.0, 6, 13);
             // An older snapshot is left over: the newest one counts.
@@ -464,7 +463,7 @@ mod tests {
 
     #[test]
     fn a_snapshot_alone_is_the_state() {
-        let dir = TempDir::new("snapshot-alone");
+        let dir = TempDir::new("recovery-snapshot-alone");
         write_snapshot(&dir.0, 13, &mut reference(13));
         let mut r = recover(&dir.0, 0, 2, true, |_| panic!("no record")).expect("recovers");
         assert_eq!((r.last_lsn, r.snapshot_lsn, r.replayed), (13, 13, 0));
@@ -474,7 +473,7 @@ mod tests {
 
     #[test]
     fn a_log_that_continues_with_a_gap_after_the_snapshot_is_refused() {
-        let dir = TempDir::new("gap-after-snapshot");
+        let dir = TempDir::new("recovery-gap-after-snapshot");
         write_records(&dir.0, 1, 5);
         write_snapshot(&dir.0, 7, &mut reference(7));
         let path = write_records(&dir.0, 9, 13);
@@ -485,7 +484,7 @@ mod tests {
 
     #[test]
     fn a_log_with_a_gap_between_segments_is_refused_at_the_record() {
-        let dir = TempDir::new("gap-between");
+        let dir = TempDir::new("recovery-gap-between");
         write_records(&dir.0, 1, 5);
         let mut commands = log()[6..13].to_vec();
         commands.insert(0, (T0 + 6, Command::Tick));
@@ -498,7 +497,7 @@ mod tests {
 
     #[test]
     fn a_corrupt_record_in_an_earlier_segment_is_refused_with_its_file_and_offset() {
-        let dir = TempDir::new("corrupt-earlier");
+        let dir = TempDir::new("recovery-corrupt-earlier");
         let first = write_records(&dir.0, 1, 5);
         write_records(&dir.0, 6, 13);
         let mut bytes = std::fs::read(&first).unwrap();
@@ -512,7 +511,7 @@ mod tests {
 
     #[test]
     fn a_corrupt_snapshot_is_refused() {
-        let dir = TempDir::new("corrupt-snapshot");
+        let dir = TempDir::new("recovery-corrupt-snapshot");
         write_records(&dir.0, 1, 13);
         let path = write_snapshot(&dir.0, 7, &mut reference(7));
         let mut bytes = std::fs::read(&path).unwrap();
@@ -524,7 +523,7 @@ mod tests {
 
     #[test]
     fn a_torn_tail_is_reported_and_cut_only_when_asked() {
-        let dir = TempDir::new("torn");
+        let dir = TempDir::new("recovery-torn");
         let path = write_records(&dir.0, 1, 13);
         let good_len = std::fs::metadata(&path).unwrap().len();
         let mut bytes = std::fs::read(&path).unwrap();
@@ -552,7 +551,7 @@ mod tests {
 
     #[test]
     fn a_core_or_core_count_mismatch_is_a_layout_error() {
-        let dir = TempDir::new("layout");
+        let dir = TempDir::new("recovery-layout");
         write_records(&dir.0, 1, 13);
         let as_core_1 = layout_error(recover(&dir.0, 1, 2, false, |_| {}));
         assert!(
@@ -571,7 +570,7 @@ mod tests {
     fn a_segment_of_another_core_is_refused_before_its_records_are_replayed() {
         // Core 1's log after core 0's snapshot: replaying its limits into core 0 would break
         // the state machine's invariants.
-        let dir = TempDir::new("other-core");
+        let dir = TempDir::new("recovery-other-core");
         write_snapshot(&dir.0, 7, &mut reference(7));
         write_segment(&dir.0, (1, 2), 8, &[(T0 + 9, Command::SetLimits(limits(1, 2)))]);
         let message = layout_error(recover_read_only(&dir.0).0);
@@ -583,7 +582,7 @@ mod tests {
 
     #[test]
     fn a_segment_whose_header_disagrees_with_its_name_is_a_layout_error() {
-        let dir = TempDir::new("renamed");
+        let dir = TempDir::new("recovery-renamed");
         let path = write_records(&dir.0, 1, 13);
         std::fs::rename(&path, dir.0.join(segment::file_name(2))).unwrap();
         let message = layout_error(recover_read_only(&dir.0).0);
@@ -616,7 +615,7 @@ mod tests {
             assert_eq!(state(r.engine.as_mut().unwrap()), state(&mut reference(13)));
         }
         // Not the last segment: corruption.
-        let dir = TempDir::new("stub-inside");
+        let dir = TempDir::new("recovery-stub-inside");
         write_records(&dir.0, 1, 5);
         let stub_path = dir.0.join(segment::file_name(6));
         std::fs::write(&stub_path, []).unwrap();
