@@ -35,6 +35,9 @@
 //!
 //! - `reserve`, `reserve_small`: hold 1 unit of a pool of exactly `n` units; all `n` are
 //!   held, the next is `sold_out`. `reserve_cold`: the same into a slab never used before.
+//! - `reserve_rules`: `reserve` into a pool with every rule on (a sale window, a maximum
+//!   quantity, a rate and a limit per user, none of which refuses): the cost of the rules
+//!   and of the per-user entry each reserve creates. Compare with `reserve`.
 //! - `reserve_confirm`, `reserve_release`: a reserve and, at once, the confirm (with a
 //!   commit reference) or the release of the same hold; one iteration is both operations.
 //!   `reserve_confirm_noref` confirms without a commit reference.
@@ -64,7 +67,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 use support::{Bench, Sizes};
 
-use shardcap::protocol::control::{PoolCreate, PoolKind, SHARD_FLAG_DRAINED, ShardStatus};
+use shardcap::protocol::control::{PoolCreate, PoolKind, PoolRules, SHARD_FLAG_DRAINED, ShardStatus};
 use shardcap::protocol::{
     ConfirmOp, LookupOp, OpResult, RESULT_FLAG_REPEAT, ReleaseOp, ReservationState, ReserveOp, Status, home_core,
 };
@@ -79,6 +82,7 @@ fn main() {
     b.case("reserve", large, reserve);
     b.case("reserve_small", small, reserve);
     b.case("reserve_cold", large, reserve_cold);
+    b.case("reserve_rules", large, reserve_rules);
     b.case("reserve_confirm", large, |n| reserve_confirm(n, true));
     b.case("reserve_confirm_noref", large, |n| reserve_confirm(n, false));
     b.case("reserve_release", large, reserve_release);
@@ -108,6 +112,28 @@ fn reserve(n: u64) -> Duration {
     assert_eq!((s.held, s.available(), e.holds_len() as u64), (n, 0, n));
     let refused = op_result(e.apply(now, Command::Reserve(reserve_op(n, 1, 0))));
     assert_eq!(refused.status, Status::SoldOut as u8, "the pool is full");
+    elapsed
+}
+
+fn reserve_rules(n: u64) -> Duration {
+    let (mut e, now) = warm_engine(n, n);
+    let rules = PoolRules {
+        max_per_user: 1_000,
+        opens_at_ms: T0,
+        closes_at_ms: u64::MAX,
+        rate_per_s: 1_000,
+        burst: 1_000,
+        max_qty: 10,
+    };
+    let Outcome::Pool(Ok(_)) = e.apply(now, Command::SetPoolRules { pool: POOL, rules }) else { panic!("rules set") };
+    let start = Instant::now();
+    let mut ok = 0;
+    for i in 0..n {
+        ok += is_ok(op_result(e.apply(now, Command::Reserve(black_box(reserve_op(i, 1, 0))))));
+    }
+    let elapsed = start.elapsed();
+    assert_eq!(ok, n, "no rule refuses");
+    assert_eq!(e.user_state(POOL, user(n - 1)).map(|u| u.held), Some(1), "each user's unit is counted");
     elapsed
 }
 
@@ -324,6 +350,7 @@ fn pool_request(name: &str, capacity: u64) -> PoolCreate {
         hold_ttl_ms_max: TTL_DEFAULT_MS,
         kind: PoolKind::Counted as u8,
         active: true,
+        rules: Default::default(),
     }
 }
 

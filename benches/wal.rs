@@ -57,6 +57,7 @@ fn pool() -> PoolCreate {
         hold_ttl_ms_max: 3_600_000,
         kind: 0,
         active: true,
+        rules: Default::default(),
     }
 }
 

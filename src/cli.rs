@@ -23,7 +23,7 @@ use serde_json::json;
 use crate::client::{Client, ClientError};
 use crate::config::Config;
 use crate::protocol::control::{
-    PoolCreate, PoolInfo, PoolKind, PoolRef, PoolStatus, SHARD_FLAG_DRAINED, SHARD_FLAG_HOME,
+    PoolCreate, PoolInfo, PoolKind, PoolRef, PoolRules, PoolStatus, SHARD_FLAG_DRAINED, SHARD_FLAG_HOME,
 };
 use crate::protocol::{
     ConfirmOp, ExtendOp, LookupOp, OpResult, RESULT_FLAG_REPEAT, ReleaseOp, ReservationState, ReserveOp, Status,
@@ -104,6 +104,82 @@ pub struct ClientArgs {
     pub json: bool,
 }
 
+/// A pool's rules as flags; a rule not given is not applied.
+#[derive(Debug, Args, Clone, Default)]
+pub struct RulesArgs {
+    /// Most units one user may hold, have confirmed or wait for in the pool.
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
+    pub max_per_user: u64,
+    /// Most units one reserve may ask for.
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
+    pub max_qty: u32,
+    /// Reserve attempts per user and second (token bucket; needs --burst).
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
+    pub rate: u32,
+    /// Attempts a user may make at once (the token bucket's size).
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
+    pub burst: u32,
+    /// Reserves before this time answer not_open: ms since the Unix epoch, or +SECONDS
+    /// from now.
+    #[arg(long, value_parser = parse_time, default_value = "0", hide_default_value = true)]
+    pub opens_at: u64,
+    /// Reserves from this time answer closed: ms since the Unix epoch, or +SECONDS from now.
+    #[arg(long, value_parser = parse_time, default_value = "0", hide_default_value = true)]
+    pub closes_at: u64,
+}
+
+impl RulesArgs {
+    fn rules(&self) -> PoolRules {
+        PoolRules {
+            max_per_user: self.max_per_user,
+            opens_at_ms: self.opens_at,
+            closes_at_ms: self.closes_at,
+            rate_per_s: self.rate,
+            burst: self.burst,
+            max_qty: self.max_qty,
+        }
+    }
+}
+
+/// A time for a rule: ms since the Unix epoch, or `+SECONDS` from now.
+fn parse_time(s: &str) -> Result<u64, String> {
+    match s.strip_prefix('+') {
+        Some(secs) => {
+            let secs: u64 = secs.parse().map_err(|_| format!("'{s}': expected +SECONDS"))?;
+            Ok(now_ms() + secs * 1000)
+        }
+        None => s.parse().map_err(|_| format!("'{s}': expected ms since the Unix epoch or +SECONDS")),
+    }
+}
+
+/// The rules that are set, as `name value` phrases (empty: none).
+fn rules_text(r: &PoolRules) -> String {
+    let mut parts = Vec::new();
+    if r.max_per_user != 0 {
+        parts.push(format!("max {} per user", r.max_per_user));
+    }
+    if r.max_qty != 0 {
+        parts.push(format!("max {} per reserve", r.max_qty));
+    }
+    if r.rate_per_s != 0 {
+        parts.push(format!("{} attempts/s per user (burst {})", r.rate_per_s, r.burst));
+    }
+    if r.opens_at_ms != 0 {
+        parts.push(format!("opens at {} ms", r.opens_at_ms));
+    }
+    if r.closes_at_ms != 0 {
+        parts.push(format!("closes at {} ms", r.closes_at_ms));
+    }
+    parts.join(", ")
+}
+
+fn rules_json(r: &PoolRules) -> serde_json::Value {
+    json!({
+        "max_per_user": r.max_per_user, "max_qty": r.max_qty, "rate_per_s": r.rate_per_s, "burst": r.burst,
+        "opens_at_ms": r.opens_at_ms, "closes_at_ms": r.closes_at_ms,
+    })
+}
+
 /// Pool subcommands.
 #[derive(Debug, Subcommand)]
 pub enum PoolCommand {
@@ -123,6 +199,18 @@ pub enum PoolCommand {
         /// Create it deactivated.
         #[arg(long)]
         inactive: bool,
+        #[command(flatten)]
+        rules: RulesArgs,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Replace a pool's rules (a rule not given is removed); every core applies them to
+    /// the next reserve.
+    Rules {
+        /// Pool name or id.
+        pool: String,
+        #[command(flatten)]
+        rules: RulesArgs,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -477,8 +565,16 @@ fn pool_json(info: &PoolInfo) -> serde_json::Value {
     json!({
         "id": info.id, "name": info.name, "kind": PoolKind::from_u8(info.kind).map_or("unknown", |k| k.name()),
         "active": info.active, "capacity": info.capacity, "hold_ttl_ms_default": info.hold_ttl_ms_default,
-        "hold_ttl_ms_max": info.hold_ttl_ms_max, "home_core": info.home_core,
+        "hold_ttl_ms_max": info.hold_ttl_ms_max, "home_core": info.home_core, "rules": rules_json(&info.rules),
     })
+}
+
+/// Prints `rules: ...` if the pool has any.
+fn print_rules(rules: &PoolRules) {
+    let text = rules_text(rules);
+    if !text.is_empty() {
+        println!("rules: {text}");
+    }
 }
 
 fn print_status(status: &PoolStatus) {
@@ -493,6 +589,7 @@ fn print_status(status: &PoolStatus) {
         status.confirmed(),
         status.available()
     );
+    print_rules(&i.rules);
     println!(
         "{:<6}{:>12}{:>12}{:>12}{:>12}{:>8}  flags",
         "core", "capacity", "held", "confirmed", "available", "parked"
@@ -520,7 +617,7 @@ fn print_status(status: &PoolStatus) {
 
 fn pool_command(cmd: PoolCommand) -> Result<(), Failure> {
     match cmd {
-        PoolCommand::Create { name, capacity, hold_ttl_s, hold_ttl_s_max, inactive, client } => {
+        PoolCommand::Create { name, capacity, hold_ttl_s, hold_ttl_s_max, inactive, rules, client } => {
             let mut c = connect(&client)?;
             let req = PoolCreate {
                 name: name.clone(),
@@ -529,6 +626,7 @@ fn pool_command(cmd: PoolCommand) -> Result<(), Failure> {
                 hold_ttl_ms_max: hold_ttl_s_max.saturating_mul(1000),
                 kind: PoolKind::Counted as u8,
                 active: !inactive,
+                rules: rules.rules(),
             };
             match c.pool_create(&req)? {
                 Ok(info) => {
@@ -543,6 +641,7 @@ fn pool_command(cmd: PoolCommand) -> Result<(), Failure> {
                             info.hold_ttl_ms_default / 1000,
                             info.hold_ttl_ms_max / 1000
                         );
+                        print_rules(&info.rules);
                     }
                     Ok(())
                 }
@@ -600,6 +699,22 @@ fn pool_command(cmd: PoolCommand) -> Result<(), Failure> {
                 }
             }
             Ok(())
+        }
+        PoolCommand::Rules { pool, rules, client } => {
+            let mut c = connect(&client)?;
+            let info = resolve_pool(&mut c, &pool)?;
+            match c.pool_set_rules(info.id, rules.rules())? {
+                Ok(info) => {
+                    if client.json {
+                        println!("{}", json!({"status": "ok", "pool": pool_json(&info)}));
+                    } else {
+                        let text = rules_text(&info.rules);
+                        println!("pool {} rules: {}", info.name, if text.is_empty() { "none" } else { &text });
+                    }
+                    Ok(())
+                }
+                Err(status) => refused_if(status, "pool rules"),
+            }
         }
         PoolCommand::Activate { pool, client } => set_active(&pool, &client, true),
         PoolCommand::Deactivate { pool, client } => set_active(&pool, &client, false),
@@ -857,10 +972,14 @@ fn command_fields(command: &crate::shard::Command) -> (&'static str, Vec<(&'stat
                 ("capacity", json!(def.capacity)),
                 ("hold_ttl_ms_default", json!(def.hold_ttl_ms_default)),
                 ("hold_ttl_ms_max", json!(def.hold_ttl_ms_max)),
+                ("rules", rules_json(&def.rules)),
             ],
         ),
         C::SetPoolActive { pool, active } => {
             ("set_pool_active", vec![("pool", json!(pool)), ("active", json!(active))])
+        }
+        C::SetPoolRules { pool, rules } => {
+            ("set_pool_rules", vec![("pool", json!(pool)), ("rules", rules_json(rules))])
         }
         C::SetLimits(c) => (
             "set_limits",

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use crate::protocol::HEADER_SIZE;
-use crate::protocol::control::PoolCreate;
+use crate::protocol::control::{PoolCreate, PoolRules};
 use crate::protocol::ops::{LookupResult, ReserveOp};
 use crate::shard::holds::HOLD_POOL_ID_MAX;
 use crate::shard::{Engine, EngineConfig};
@@ -188,6 +188,27 @@ pub struct PoolConfig {
     /// Whether reserves are accepted from the start. Default `true`.
     #[serde(default = "default_true")]
     pub active: bool,
+    /// Rule: most units one user may hold, have confirmed or wait for in the pool
+    /// (0: no limit). Default `0`.
+    #[serde(default)]
+    pub max_per_user: u64,
+    /// Rule: most units one reserve may ask for (0: no limit). Default `0`.
+    #[serde(default)]
+    pub max_qty: u32,
+    /// Rule: reserve attempts per user and second (0: no limit); needs `burst`. Default `0`.
+    #[serde(default)]
+    pub rate_per_s: u32,
+    /// Rule: attempts a user may make at once (the token bucket's size). Default `0`.
+    #[serde(default)]
+    pub burst: u32,
+    /// Rule: reserves before this time (ms since the Unix epoch) answer `not_open`
+    /// (0: none). Default `0`.
+    #[serde(default)]
+    pub opens_at_ms: u64,
+    /// Rule: reserves from this time (ms since the Unix epoch) answer `closed` (0: none).
+    /// Default `0`.
+    #[serde(default)]
+    pub closes_at_ms: u64,
 }
 
 fn default_ttl_s() -> u32 {
@@ -210,6 +231,14 @@ impl PoolConfig {
             hold_ttl_ms_max: self.hold_ttl_s_max.saturating_mul(1000),
             kind: 0,
             active: self.active,
+            rules: PoolRules {
+                max_per_user: self.max_per_user,
+                opens_at_ms: self.opens_at_ms,
+                closes_at_ms: self.closes_at_ms,
+                rate_per_s: self.rate_per_s,
+                burst: self.burst,
+                max_qty: self.max_qty,
+            },
         }
     }
 }

@@ -906,6 +906,7 @@ fn runtime_pool_survives_restart_inactive_and_config_pool_is_not_duplicated() {
         hold_ttl_ms_max: 120_000,
         kind: 0,
         active: true,
+        rules: Default::default(),
     };
     let created = c.pool_create(&req).unwrap().unwrap();
     assert_eq!(created.id, 2);
@@ -1104,6 +1105,7 @@ fn durability_none_writes_no_files() {
         hold_ttl_ms_max: 60_000,
         kind: 0,
         active: true,
+        rules: Default::default(),
     };
     assert!(c.pool_create(&req).unwrap().is_ok());
     assert_eq!(files_under(&server.data_dir), Vec::<PathBuf>::new(), "no file in the data directory");

@@ -366,6 +366,7 @@ impl Sim {
                 hold_ttl_ms_max: TTL_MAX_MS,
                 kind: 0,
                 active: true,
+                rules: Default::default(),
             };
             let def = sim.nodes[0].engine.validate_pool_create(&req).expect("a valid pool");
             for core in 0..cores {

@@ -248,6 +248,7 @@ fn setup_failures_exit_with_2() {
         hold_ttl_ms_max: 900_000,
         kind: 0,
         active: true,
+        rules: Default::default(),
     };
     server.client().pool_create(&clash).expect("create").expect("created");
     let out = run_loadgen(&server.addr.to_string(), &["--pool-prefix", "px", "--duration-s", "0.2"]);

@@ -74,6 +74,7 @@ fn pool_request(n: usize, capacity: u64) -> PoolCreate {
         hold_ttl_ms_max: TTL_MAX_MS,
         kind: 0,
         active: true,
+        rules: Default::default(),
     }
 }
 

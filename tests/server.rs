@@ -75,6 +75,7 @@ fn pools_are_created_listed_and_changed_on_every_core() {
         hold_ttl_ms_max: 120_000,
         kind: 0,
         active: true,
+        rules: Default::default(),
     };
     let info = c1.pool_create(&req).unwrap().unwrap();
     assert_eq!((info.id, info.capacity, info.home_core), (2, 11, 0));

@@ -119,7 +119,7 @@ proptest! {
         let mut c = Cluster::new(cores, template, START_MS);
         for (i, &capacity) in capacities.iter().enumerate() {
             let req = PoolCreate {
-                name: format!("p{i}"), capacity, hold_ttl_ms_default: 900, hold_ttl_ms_max: 3000, kind: 0, active: true,
+                name: format!("p{i}"), capacity, hold_ttl_ms_default: 900, hold_ttl_ms_max: 3000, kind: 0, active: true, rules: Default::default(),
             };
             c.create_pool(&req).unwrap();
         }
@@ -174,6 +174,7 @@ fn a_snapshot_that_breaks_an_invariant_is_refused_with_a_reason() {
         hold_ttl_ms_max: 3000,
         kind: 0,
         active: true,
+        rules: Default::default(),
     };
     c.create_pool(&req).unwrap();
     let (head, records) = canonical(&mut c.engines[0]);

@@ -89,6 +89,7 @@ fn pool_request(name: &str, capacity: u64) -> PoolCreate {
         hold_ttl_ms_max: TTL_MAX,
         kind: PoolKind::Counted as u8,
         active: true,
+        rules: Default::default(),
     }
 }
 
@@ -360,6 +361,7 @@ fn reserve_on_a_seated_pool_answers_wrong_pool_kind() {
         hold_ttl_ms_default: TTL_DEFAULT,
         hold_ttl_ms_max: TTL_MAX,
         active: false,
+        rules: Default::default(),
     };
     assert!(matches!(e.apply(T0, Command::CreatePool(seated)), Outcome::Pool(Ok(ref info)) if info.id == 2));
     #[rustfmt::skip]

@@ -21,7 +21,8 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use crate::protocol::control::{
-    self, CoreStats, Hello, PoolCreate, PoolInfo, PoolListRequest, PoolRef, PoolSetActive, PoolStatus,
+    self, CoreStats, Hello, PoolCreate, PoolInfo, PoolListRequest, PoolRef, PoolRules, PoolSetActive, PoolSetRules,
+    PoolStatus,
 };
 use crate::protocol::{
     BatchOp, ConfirmOp, ExtendOp, FLAG_MORE, HEADER_SIZE, Header, LookupOp, LookupResult, OpResult, Opcode, ReleaseOp,
@@ -245,6 +246,14 @@ impl Client {
         let mut body = Vec::new();
         PoolSetActive { pool, active }.encode(&mut body);
         let r = self.call(Opcode::PoolSetActive, 1, &body)?;
+        pool_info_answer(&r)
+    }
+
+    /// Replaces a pool's rules; once this answers, every core applies them.
+    pub fn pool_set_rules(&mut self, pool: u32, rules: PoolRules) -> Result<Result<PoolInfo, Status>, ClientError> {
+        let mut body = Vec::new();
+        PoolSetRules { pool, rules }.encode(&mut body);
+        let r = self.call(Opcode::PoolSetRules, 1, &body)?;
         pool_info_answer(&r)
     }
 

@@ -23,7 +23,7 @@ use futures_lite::{AsyncRead, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use crate::protocol::control::{
-    self, PoolCreate, PoolListRequest, PoolRef, PoolSetActive, PoolStatus, ShardStatus, put_prefix,
+    self, PoolCreate, PoolListRequest, PoolRef, PoolSetActive, PoolSetRules, PoolStatus, ShardStatus, put_prefix,
 };
 use crate::protocol::ops::ReservedNotZero;
 use crate::protocol::{
@@ -32,6 +32,7 @@ use crate::protocol::{
 };
 use crate::runtime::core::{ConnEvent, ConnShared, CoreRuntime};
 use crate::runtime::mesh::{FrameRef, Op, OpOutput, RpcReq, RpcResp};
+use crate::shard::Command;
 
 const READ_BUFFER_BYTES: usize = 64 << 10;
 /// Answers ready to write are not held back for forwarded ones beyond this size.
@@ -305,8 +306,16 @@ impl Connection {
             }
             Opcode::PoolSetActive => {
                 let req = PoolSetActive::decode(body).map_err(|_| Status::MalformedBody)?;
+                let change = Command::SetPoolActive { pool: req.pool, active: req.active };
                 self.control(opcode, id, move |core| async move {
-                    pool_answer(core.rpc(0, RpcReq::SetActive { pool: req.pool, active: req.active }).await)
+                    pool_answer(core.rpc(0, RpcReq::ChangePool(change)).await)
+                });
+            }
+            Opcode::PoolSetRules => {
+                let req = PoolSetRules::decode(body).map_err(|_| Status::MalformedBody)?;
+                let change = Command::SetPoolRules { pool: req.pool, rules: req.rules };
+                self.control(opcode, id, move |core| async move {
+                    pool_answer(core.rpc(0, RpcReq::ChangePool(change)).await)
                 });
             }
             Opcode::ServerStats => self.control(opcode, id, |core| async move {

@@ -134,10 +134,108 @@ impl PoolKind {
     }
 }
 
+/// A pool's allocation rules, checked for every new reserve on the user's home core. A
+/// field of 0 means "no such rule".
+///
+/// Layout (40 bytes): max_per_user u64 @0, opens_at_ms u64 @8, closes_at_ms u64 @16,
+/// rate_per_s u32 @24, burst u32 @28, max_qty u32 @32, reserved u32 @36.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "server", derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize))]
+pub struct PoolRules {
+    /// Most units one user may have held, confirmed or pending in the pool at once.
+    pub max_per_user: u64,
+    /// Reserves before this time (ms since the Unix epoch) answer `not_open`.
+    pub opens_at_ms: u64,
+    /// Reserves at or after this time (ms since the Unix epoch) answer `closed`.
+    pub closes_at_ms: u64,
+    /// Reserve attempts per user and second, refilled continuously (token bucket).
+    pub rate_per_s: u32,
+    /// Attempts a user may make at once (the bucket's size); required with a rate.
+    pub burst: u32,
+    /// Most units one reserve may ask for.
+    pub max_qty: u32,
+}
+
+impl PoolRules {
+    /// Wire size in bytes.
+    pub const SIZE: usize = 40;
+
+    /// Appends the encoding.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.max_per_user.to_le_bytes());
+        out.extend_from_slice(&self.opens_at_ms.to_le_bytes());
+        out.extend_from_slice(&self.closes_at_ms.to_le_bytes());
+        out.extend_from_slice(&self.rate_per_s.to_le_bytes());
+        out.extend_from_slice(&self.burst.to_le_bytes());
+        out.extend_from_slice(&self.max_qty.to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+    }
+
+    /// Decodes the first [`Self::SIZE`] bytes of `b`.
+    pub fn decode(b: &[u8]) -> Result<Self, Malformed> {
+        if b.len() < Self::SIZE || b[36..40] != [0; 4] {
+            return Err(Malformed);
+        }
+        Ok(PoolRules {
+            max_per_user: u64_at(b, 0),
+            opens_at_ms: u64_at(b, 8),
+            closes_at_ms: u64_at(b, 16),
+            rate_per_s: u32_at(b, 24),
+            burst: u32_at(b, 28),
+            max_qty: u32_at(b, 32),
+        })
+    }
+
+    /// True if the rules need per-user state (a limit per user or a rate).
+    pub fn per_user(&self) -> bool {
+        self.max_per_user > 0 || self.rate_per_s > 0
+    }
+
+    /// True if the rules are consistent: a window that opens before it closes, a burst of at
+    /// least 1 with a rate (and none without), a maximum quantity a reservation can hold.
+    pub fn valid(&self) -> bool {
+        let window = self.opens_at_ms == 0 || self.closes_at_ms == 0 || self.opens_at_ms < self.closes_at_ms;
+        let bucket = (self.rate_per_s == 0) == (self.burst == 0);
+        window && bucket && self.max_qty < 1 << 29
+    }
+}
+
+/// Request to change a pool's rules; answered with the pool's [`PoolInfo`].
+///
+/// Body (48 bytes): pool_id u32 @0, reserved u32 @4, rules ([`PoolRules`]) @8.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolSetRules {
+    /// The pool.
+    pub pool: u32,
+    /// Its new rules (they replace the old ones whole).
+    pub rules: PoolRules,
+}
+
+impl PoolSetRules {
+    /// Body size in bytes.
+    pub const SIZE: usize = 8 + PoolRules::SIZE;
+
+    /// Appends the body.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.pool.to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        self.rules.encode(out);
+    }
+
+    /// Decodes a body.
+    pub fn decode(b: &[u8]) -> Result<Self, Malformed> {
+        if b.len() != Self::SIZE || b[4..8] != [0; 4] {
+            return Err(Malformed);
+        }
+        Ok(PoolSetRules { pool: u32_at(b, 0), rules: PoolRules::decode(&b[8..])? })
+    }
+}
+
 /// Request to create a pool.
 ///
 /// Body: capacity u64 @0, hold_ttl_ms_default u32 @8, hold_ttl_ms_max u32 @12, kind u8 @16,
-/// active u8 @17, name_len u8 @18, reserved 5 bytes @19, name (`name_len` bytes) @24.
+/// active u8 @17, name_len u8 @18, reserved 5 bytes @19, rules ([`PoolRules`], 40 bytes)
+/// @24, name (`name_len` bytes) @64.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolCreate {
     /// Unique pool name.
@@ -152,9 +250,14 @@ pub struct PoolCreate {
     pub kind: u8,
     /// Whether reserves are accepted from the start.
     pub active: bool,
+    /// Allocation rules.
+    pub rules: PoolRules,
 }
 
 impl PoolCreate {
+    /// Size of the body before the name.
+    pub const FIXED_SIZE: usize = 24 + PoolRules::SIZE;
+
     /// Appends the body.
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.capacity.to_le_bytes());
@@ -164,18 +267,20 @@ impl PoolCreate {
         out.push(self.active as u8);
         out.push(self.name.len().min(255) as u8);
         out.extend_from_slice(&[0; 5]);
+        self.rules.encode(out);
         out.extend_from_slice(self.name.as_bytes());
     }
     /// Decodes a body; the name is checked for UTF-8 here and for validity by the server.
     pub fn decode(b: &[u8]) -> Result<Self, Malformed> {
-        if b.len() < 24 || b[19..24] != [0; 5] || b[17] > 1 {
+        if b.len() < Self::FIXED_SIZE || b[19..24] != [0; 5] || b[17] > 1 {
             return Err(Malformed);
         }
         let name_len = b[18] as usize;
-        if b.len() != 24 + name_len {
+        if b.len() != Self::FIXED_SIZE + name_len {
             return Err(Malformed);
         }
-        let name = std::str::from_utf8(&b[24..]).map_err(|_| Malformed)?.to_owned();
+        let rules = PoolRules::decode(&b[24..])?;
+        let name = std::str::from_utf8(&b[Self::FIXED_SIZE..]).map_err(|_| Malformed)?.to_owned();
         Ok(PoolCreate {
             name,
             capacity: u64_at(b, 0),
@@ -183,6 +288,7 @@ impl PoolCreate {
             hold_ttl_ms_max: u32_at(b, 12),
             kind: b[16],
             active: b[17] == 1,
+            rules,
         })
     }
 }
@@ -191,7 +297,7 @@ impl PoolCreate {
 ///
 /// Layout: id u32 @0, kind u8 @4, active u8 @5, name_len u8 @6, reserved u8 @7,
 /// capacity u64 @8, hold_ttl_ms_default u32 @16, hold_ttl_ms_max u32 @20, home_core u16 @24,
-/// reserved 6 bytes @26, name @32.
+/// reserved 6 bytes @26, rules ([`PoolRules`], 40 bytes) @32, name @72.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolInfo {
     /// Pool id (from 1).
@@ -210,11 +316,13 @@ pub struct PoolInfo {
     pub hold_ttl_ms_max: u32,
     /// The core that coordinates borrowing for this pool.
     pub home_core: u16,
+    /// Allocation rules.
+    pub rules: PoolRules,
 }
 
 impl PoolInfo {
     /// Fixed part of the encoding, before the name.
-    pub const FIXED_SIZE: usize = 32;
+    pub const FIXED_SIZE: usize = 32 + PoolRules::SIZE;
     /// Appends the encoding.
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.id.to_le_bytes());
@@ -227,6 +335,7 @@ impl PoolInfo {
         out.extend_from_slice(&self.hold_ttl_ms_max.to_le_bytes());
         out.extend_from_slice(&self.home_core.to_le_bytes());
         out.extend_from_slice(&[0; 6]);
+        self.rules.encode(out);
         out.extend_from_slice(self.name.as_bytes());
     }
     /// Decodes one entry from the front of `b`; returns it and the bytes it used.
@@ -250,6 +359,7 @@ impl PoolInfo {
                 hold_ttl_ms_default: u32_at(b, 16),
                 hold_ttl_ms_max: u32_at(b, 20),
                 home_core: u16_at(b, 24),
+                rules: PoolRules::decode(&b[32..])?,
             },
             end,
         ))
@@ -578,6 +688,32 @@ pub fn decode_stats(b: &[u8]) -> Option<Vec<CoreStats>> {
 mod tests {
     use super::*;
 
+    const RULES: PoolRules = PoolRules {
+        max_per_user: 4,
+        opens_at_ms: 1_700_000_000_000,
+        closes_at_ms: 1_700_000_600_000,
+        rate_per_s: 10,
+        burst: 20,
+        max_qty: 6,
+    };
+
+    #[test]
+    fn rules_round_trip_and_are_checked() {
+        let mut b = Vec::new();
+        PoolSetRules { pool: 9, rules: RULES }.encode(&mut b);
+        assert_eq!(b.len(), PoolSetRules::SIZE);
+        assert_eq!(PoolSetRules::decode(&b), Ok(PoolSetRules { pool: 9, rules: RULES }));
+        b[44] = 1; // the reserved word of the rules
+        assert_eq!(PoolSetRules::decode(&b), Err(Malformed));
+        assert!(RULES.valid() && RULES.per_user() && PoolRules::default().valid());
+        assert!(!PoolRules::default().per_user());
+        assert!(!PoolRules { closes_at_ms: RULES.opens_at_ms, ..RULES }.valid(), "a window that never opens");
+        assert!(!PoolRules { burst: 0, ..RULES }.valid(), "a rate needs a burst");
+        assert!(!PoolRules { rate_per_s: 0, ..RULES }.valid(), "a burst needs a rate");
+        assert!(!PoolRules { max_qty: 1 << 29, ..RULES }.valid());
+        assert!(PoolRules { opens_at_ms: 0, ..RULES }.valid(), "one end of the window alone");
+    }
+
     #[test]
     fn control_bodies_round_trip() {
         let h = Hello {
@@ -602,6 +738,7 @@ mod tests {
             hold_ttl_ms_max: 900_000,
             kind: 0,
             active: true,
+            rules: RULES,
         };
         let mut b = Vec::new();
         c.encode(&mut b);
@@ -619,6 +756,7 @@ mod tests {
                 hold_ttl_ms_default: 1,
                 hold_ttl_ms_max: 2,
                 home_core: 1,
+                rules: RULES,
             },
             shards: vec![
                 ShardStatus { core: 0, capacity: 4, held: 1, confirmed: 1, lent: 3, ..Default::default() },

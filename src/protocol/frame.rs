@@ -2,7 +2,7 @@
 //! header field against the limits before the body has even arrived, so that an oversize or
 //! malformed frame is refused at once and a partial frame simply waits for its bytes.
 
-use super::control::{POOL_NAME_MAX_BYTES, PoolListRequest, PoolSetActive};
+use super::control::{POOL_NAME_MAX_BYTES, PoolCreate, PoolListRequest, PoolSetActive, PoolSetRules};
 use super::header::{HEADER_SIZE, Header, MAGIC, Opcode, VERSION, decode_header};
 use super::status::Status;
 
@@ -79,10 +79,13 @@ pub fn next_frame(buf: &[u8], limits: &FrameLimits) -> Result<Option<(Header, us
     let count = header.op_count as usize;
     let body_ok = match opcode {
         Opcode::Hello | Opcode::Ping | Opcode::ServerStats => count == 0 && body_len == 0,
-        Opcode::PoolCreate => count == 1 && (24..=24 + POOL_NAME_MAX_BYTES).contains(&body_len),
+        Opcode::PoolCreate => {
+            count == 1 && (PoolCreate::FIXED_SIZE..=PoolCreate::FIXED_SIZE + POOL_NAME_MAX_BYTES).contains(&body_len)
+        }
         Opcode::PoolStatus => count == 1 && (8..=8 + POOL_NAME_MAX_BYTES).contains(&body_len),
         Opcode::PoolList => count == 1 && body_len == PoolListRequest::SIZE,
         Opcode::PoolSetActive => count == 1 && body_len == PoolSetActive::SIZE,
+        Opcode::PoolSetRules => count == 1 && body_len == PoolSetRules::SIZE,
         _ => {
             let size = opcode.request_record_size().expect("batchable opcode");
             count >= 1 && body_len == count * size

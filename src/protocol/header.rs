@@ -41,6 +41,8 @@ pub enum Opcode {
     PoolList = 0x22,
     /// Activate or deactivate a pool.
     PoolSetActive = 0x23,
+    /// Replace a pool's rules.
+    PoolSetRules = 0x24,
     /// Per-core counters.
     ServerStats = 0x30,
     /// Response only: a frame-level error; the body is a UTF-8 message.
@@ -62,6 +64,7 @@ impl Opcode {
             0x21 => Opcode::PoolStatus,
             0x22 => Opcode::PoolList,
             0x23 => Opcode::PoolSetActive,
+            0x24 => Opcode::PoolSetRules,
             0x30 => Opcode::ServerStats,
             0xFF => Opcode::Error,
             _ => return None,
@@ -105,6 +108,7 @@ impl Opcode {
             Opcode::PoolStatus => "pool_status",
             Opcode::PoolList => "pool_list",
             Opcode::PoolSetActive => "pool_set_active",
+            Opcode::PoolSetRules => "pool_set_rules",
             Opcode::ServerStats => "server_stats",
             Opcode::Error => "error",
         }

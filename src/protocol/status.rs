@@ -86,11 +86,27 @@ pub enum Status {
     PoolsLimitReached = 41,
     /// The reservation id is zero (reserved).
     InvalidId = 42,
+    /// Rule `opens_at`: the pool's sale window has not opened yet (the result's
+    /// `expires_at_ms` says when it opens).
+    NotOpen = 43,
+    /// Rule `closes_at`: the pool's sale window has closed.
+    Closed = 44,
+    /// Rule `max_qty`: the quantity is above the pool's maximum per request.
+    QuantityAboveMax = 45,
+    /// Rule `max_per_user`: the user's held, confirmed and pending units in the pool plus
+    /// this quantity would exceed the pool's maximum per user.
+    UserLimitReached = 46,
+    /// Rule `rate`: the user has no reserve attempt left in the pool's token bucket; the
+    /// result's `expires_at_ms` says when the next one comes.
+    RateLimited = 47,
+    /// The pool's rules are inconsistent (a window that closes at or before it opens, a
+    /// rate without a burst or a burst without a rate, a maximum quantity above 2^29 - 1).
+    InvalidRules = 48,
 }
 
 impl Status {
     /// Every status, in numeric order (for docs, tests and tables).
-    pub const ALL: [Status; 33] = [
+    pub const ALL: [Status; 39] = [
         Status::Ok,
         Status::BadMagic,
         Status::UnsupportedVersion,
@@ -124,6 +140,12 @@ impl Status {
         Status::Unsupported,
         Status::PoolsLimitReached,
         Status::InvalidId,
+        Status::NotOpen,
+        Status::Closed,
+        Status::QuantityAboveMax,
+        Status::UserLimitReached,
+        Status::RateLimited,
+        Status::InvalidRules,
     ];
 
     /// Decodes a status byte; `None` for a number this version does not define.
@@ -167,6 +189,12 @@ impl Status {
             Status::Unsupported => "unsupported",
             Status::PoolsLimitReached => "pools_limit_reached",
             Status::InvalidId => "invalid_id",
+            Status::NotOpen => "not_open",
+            Status::Closed => "closed",
+            Status::QuantityAboveMax => "quantity_above_max",
+            Status::UserLimitReached => "user_limit_reached",
+            Status::RateLimited => "rate_limited",
+            Status::InvalidRules => "invalid_rules",
         }
     }
 

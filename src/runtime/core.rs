@@ -503,8 +503,8 @@ impl CoreRuntime {
                 self.catalog_durable().await;
                 RpcResp::Ack
             }
-            RpcReq::ApplySetActive { pool, active } => {
-                self.apply(now, Command::SetPoolActive { pool, active });
+            RpcReq::ApplyChange(change) => {
+                self.apply(now, change);
                 self.catalog_durable().await;
                 RpcResp::Ack
             }
@@ -529,14 +529,21 @@ impl CoreRuntime {
                 self.broadcast(RpcReq::ApplyCreate(def)).await;
                 RpcResp::Pool(result)
             }
-            RpcReq::SetActive { pool, active } => {
-                let Outcome::Pool(result) = self.apply(now, Command::SetPoolActive { pool, active }) else {
-                    unreachable!("an activation change answers with the pool")
+            RpcReq::ChangePool(change) => {
+                debug_assert_eq!(self.core, 0, "core 0 owns the catalog");
+                let Outcome::Pool(result) = self.apply(now, change.clone()) else {
+                    unreachable!("a pool change answers with the pool")
                 };
                 if result.is_ok() {
-                    tracing::info!(pool, active, "pool activation changed");
+                    match &change {
+                        Command::SetPoolActive { pool, active } => {
+                            tracing::info!(pool, active, "pool activation changed")
+                        }
+                        Command::SetPoolRules { pool, rules } => tracing::info!(pool, ?rules, "pool rules changed"),
+                        other => unreachable!("{other:?} is not a pool change"),
+                    }
                     self.catalog_durable().await;
-                    self.broadcast(RpcReq::ApplySetActive { pool, active }).await;
+                    self.broadcast(RpcReq::ApplyChange(change)).await;
                 }
                 RpcResp::Pool(result)
             }
@@ -559,7 +566,7 @@ impl CoreRuntime {
         self.log.durable(self.log.last_lsn()).await;
     }
 
-    /// Applies the pools and activation flags of core 0's catalog this core lacks.
+    /// Applies the pools, activation flags and rules of core 0's catalog this core lacks.
     fn ensure_catalog(&self, now_ms: u64, defs: &[PoolDef]) -> Result<(), String> {
         let mine = self.engine.borrow().pool_defs();
         if mine.len() > defs.len() {
@@ -570,13 +577,17 @@ impl CoreRuntime {
                 None => {
                     self.apply(now_ms, Command::CreatePool(def.clone()));
                 }
-                Some(have) if PoolDef { active: def.active, ..have.clone() } != *def => {
+                Some(have) if PoolDef { active: def.active, rules: def.rules, ..have.clone() } != *def => {
                     return Err(format!("core {} has another definition of pool {}", self.core, def.id));
                 }
-                Some(have) if have.active != def.active => {
-                    self.apply(now_ms, Command::SetPoolActive { pool: def.id, active: def.active });
+                Some(have) => {
+                    if have.active != def.active {
+                        self.apply(now_ms, Command::SetPoolActive { pool: def.id, active: def.active });
+                    }
+                    if have.rules != def.rules {
+                        self.apply(now_ms, Command::SetPoolRules { pool: def.id, rules: def.rules });
+                    }
                 }
-                Some(_) => {}
             }
         }
         Ok(())

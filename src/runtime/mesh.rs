@@ -11,7 +11,7 @@
 
 use crate::protocol::control::{CoreStats, PoolCreate, PoolInfo, ShardStatus};
 use crate::protocol::{ConfirmOp, ExtendOp, LookupOp, LookupResult, OpResult, ReleaseOp, ReserveOp, Status};
-use crate::shard::{PeerMsg, PoolDef};
+use crate::shard::{Command, PeerMsg, PoolDef};
 
 /// One client operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,12 +83,13 @@ pub enum RpcReq {
     Stats,
     /// To core 0: create a pool (core 0 assigns the id and tells every core).
     CreatePool(PoolCreate),
-    /// To core 0: activate or deactivate a pool everywhere.
-    SetActive { pool: u32, active: bool },
+    /// To core 0: change a pool everywhere (a [`Command::SetPoolActive`] or
+    /// [`Command::SetPoolRules`]).
+    ChangePool(Command),
     /// From core 0: apply a pool creation.
     ApplyCreate(PoolDef),
-    /// From core 0: apply an activation change.
-    ApplySetActive { pool: u32, active: bool },
+    /// From core 0: apply a pool change core 0 has made.
+    ApplyChange(Command),
     /// From core 0 at start-up: make the catalog equal to core 0's (after a crash, a core
     /// may not have logged the last changes core 0 had sent it).
     EnsureCatalog(Vec<PoolDef>),

@@ -40,8 +40,9 @@ use std::collections::{HashMap, VecDeque};
 use super::holds::{HOLD_POOL_ID_MAX, HOLD_QTY_MAX, Hold, HoldSnap, HoldTable};
 use super::pool::{Bank, BankMode, Demand, POOL_CAPACITY_MAX, Parked, PoolDef, PoolSlot, Shard};
 use super::snapshot::{DemandSnap, LinkSnap, MsgSnap, ParkedSnap, PoolSnap, SNAPSHOT_FORMAT, SnapshotHead};
+use super::users::{Refusal, UserPool, UserState, Users};
 use super::wheel::TimerWheel;
-use crate::protocol::control::{PoolCreate, PoolInfo, PoolKind, ShardStatus, valid_pool_name};
+use crate::protocol::control::{PoolCreate, PoolInfo, PoolKind, PoolRules, ShardStatus, valid_pool_name};
 use crate::protocol::{
     ConfirmOp, ExtendOp, LookupOp, LookupResult, OpResult, RESULT_FLAG_REPEAT, ReleaseOp, ReservationState, ReserveOp,
     Status,
@@ -224,6 +225,8 @@ pub enum Command {
     CreatePool(PoolDef),
     /// Activate or deactivate a pool.
     SetPoolActive { pool: u32, active: bool },
+    /// Replace a pool's rules.
+    SetPoolRules { pool: u32, rules: PoolRules },
 }
 
 /// What [`Engine::apply`] answers.
@@ -263,6 +266,7 @@ pub struct Engine {
     pools: Vec<PoolSlot>,
     names: HashMap<Box<str>, u32>,
     holds: HoldTable,
+    users: Users,
     wheel: TimerWheel,
     outbox: Vec<Envelope>,
     links: Vec<Link>,
@@ -285,6 +289,7 @@ impl Engine {
             pools: Vec::new(),
             names: HashMap::new(),
             holds: HoldTable::with_capacity(cfg.holds_max),
+            users: Users::default(),
             wheel: TimerWheel::new(now_ms),
             outbox: Vec::new(),
             links: vec![Link::default(); cfg.cores as usize],
@@ -347,6 +352,7 @@ impl Engine {
             }
             Command::CreatePool(def) => Outcome::Pool(Ok(self.create_pool(def))),
             Command::SetPoolActive { pool, active } => Outcome::Pool(self.set_pool_active(pool, active)),
+            Command::SetPoolRules { pool, rules } => Outcome::Pool(self.set_pool_rules(pool, rules)),
         }
     }
 
@@ -390,7 +396,7 @@ impl Engine {
 
     /// Checks a pool creation against the catalog (run on core 0, which owns pool ids).
     /// A repeat of an existing pool's creation (same name, kind, capacity and TTLs; the
-    /// active flag may have changed since) answers `Ok` with that pool.
+    /// active flag and the rules may have changed since) answers `Ok` with that pool.
     pub fn validate_pool_create(&self, req: &PoolCreate) -> Result<PoolDef, Status> {
         if !valid_pool_name(&req.name) {
             return Err(Status::InvalidPoolName);
@@ -405,6 +411,9 @@ impl Engine {
         if req.hold_ttl_ms_default == 0 || req.hold_ttl_ms_max == 0 || req.hold_ttl_ms_default > req.hold_ttl_ms_max {
             return Err(Status::InvalidTtl);
         }
+        if !req.rules.valid() {
+            return Err(Status::InvalidRules);
+        }
         let def = PoolDef {
             id: self.pools.len() as u32 + 1,
             name: req.name.as_str().into(),
@@ -413,10 +422,11 @@ impl Engine {
             hold_ttl_ms_default: req.hold_ttl_ms_default,
             hold_ttl_ms_max: req.hold_ttl_ms_max,
             active: req.active,
+            rules: req.rules,
         };
         if let Some(&id) = self.names.get(req.name.as_str()) {
             let existing = &self.pools[id as usize - 1].def;
-            let same = PoolDef { id, active: existing.active, ..def } == *existing;
+            let same = PoolDef { id, active: existing.active, rules: existing.rules, ..def } == *existing;
             return if same { Ok(existing.clone()) } else { Err(Status::PoolExists) };
         }
         if self.pools.len() as u32 >= self.cfg.pools_max.min(HOLD_POOL_ID_MAX) {
@@ -446,6 +456,60 @@ impl Engine {
         let p = self.pool_index(pool).ok_or(Status::PoolNotFound)?;
         self.pools[p].def.active = active;
         Ok(self.pools[p].def.info(self.cfg.cores))
+    }
+
+    /// Replaces a pool's rules; they apply from the next reserve. Reserves already held or
+    /// waiting are not checked again. A change that turns a limit per user or a rate on or
+    /// off counts each user's units afresh from the reservations on this core (holds,
+    /// waiting reserves, and the confirmed reservations still retained: confirmed units
+    /// purged after `retention_ms` are not counted), with full buckets. A change of values
+    /// only (a higher limit, another rate) keeps every count and bucket.
+    pub fn set_pool_rules(&mut self, pool: u32, rules: PoolRules) -> Result<PoolInfo, Status> {
+        let p = self.pool_index(pool).ok_or(Status::PoolNotFound)?;
+        if !rules.valid() {
+            return Err(Status::InvalidRules);
+        }
+        let old = std::mem::replace(&mut self.pools[p].def.rules, rules);
+        let kinds = |r: &PoolRules| (r.max_per_user > 0, r.rate_per_s > 0);
+        if !rules.per_user() {
+            self.users.reset_pool(pool, []);
+        } else if kinds(&old) != kinds(&rules) {
+            // Entries kept for a rate alone do not keep confirmed units, and entries kept for
+            // a limit alone have no bucket: a new kind of rule counts afresh.
+            let entries = self.count_users(p);
+            self.users.reset_pool(pool, entries);
+        }
+        Ok(self.pools[p].def.info(self.cfg.cores))
+    }
+
+    /// Each user's units in pool `p` as the reservations on this core show them, with a
+    /// full bucket.
+    fn count_users(&self, p: usize) -> Vec<UserPool> {
+        let pool = self.pools[p].def.id;
+        let rules = self.pools[p].def.rules;
+        let mut by_user: HashMap<u128, UserState> = HashMap::new();
+        let mut counts: Vec<(u128, u64, u64, u64)> = Vec::new();
+        for (_, h) in self.holds.iter().filter(|(_, h)| h.pool() == pool) {
+            match h.state() {
+                ReservationState::Held => counts.push((h.user(), h.qty() as u64, 0, 0)),
+                ReservationState::Confirmed => counts.push((h.user(), 0, h.qty() as u64, 0)),
+                _ => {}
+            }
+        }
+        for w in &self.pools[p].shard.waiting {
+            counts.push((w.op.user, 0, 0, w.op.qty as u64));
+        }
+        for (user, held, confirmed, pending) in counts {
+            let e = by_user.entry(user).or_insert_with(|| UserState {
+                tokens_milli: rules.burst as u64 * 1000,
+                tokens_at_ms: self.last_now_ms,
+                ..UserState::default()
+            });
+            e.held += held;
+            e.confirmed += confirmed;
+            e.pending += pending;
+        }
+        by_user.into_iter().map(|(user, state)| UserPool { pool, user, state }).collect()
     }
 
     /// A pool's definition.
@@ -492,11 +556,13 @@ impl Engine {
     /// Reserve. Statuses in order of precedence: `invalid_id`, `invalid_user`,
     /// `invalid_quantity`, `pool_not_found`, `wrong_pool_kind`, `invalid_ttl`, then for an id
     /// already in use `id_exists_with_different_pool` / `_user` / `_quantity` or an `ok`
-    /// repeat, then `pool_inactive`, `holds_limit_reached`, and then capacity: held if the
-    /// shard has the units (and no reserve is waiting before it); `sold_out` at once on the
-    /// home core of a drained pool; `busy` if the core's waiting line is full; otherwise the
-    /// reserve waits for borrowed units and is decided later by the same rules, checked
-    /// again from the top. A refused reserve leaves no record: its id can be used again.
+    /// repeat, then `pool_inactive`, `holds_limit_reached`, then the pool's rules
+    /// ([`Self::admit`]), and then capacity: held if the shard has the units (and no reserve
+    /// is waiting before it); `sold_out` at once on the home core of a drained pool; `busy`
+    /// if the core's waiting line is full; otherwise the reserve waits for borrowed units
+    /// and is decided later by the same checks from the top, except the pool's rules
+    /// (checked once, on arrival). A refused reserve leaves no record: its id can be used
+    /// again.
     pub fn reserve(&mut self, now_ms: u64, op: &ReserveOp) -> Reply {
         self.tick(now_ms);
         self.stats.operations += 1;
@@ -504,6 +570,9 @@ impl Engine {
             Ok(p) => p,
             Err(result) => return Reply::Done(result),
         };
+        if let Err(result) = self.admit(now_ms, p, op) {
+            return Reply::Done(result);
+        }
         if self.pools[p].shard.waiting.is_empty() {
             if let Attempt::Done(result) = self.take(now_ms, p, op) {
                 return Reply::Done(result);
@@ -512,15 +581,18 @@ impl Engine {
         let home = self.is_home(p);
         if home && self.pools[p].bank.mode == BankMode::Drained {
             // Every free unit of the pool is here: this is the whole pool's answer.
+            self.count_user(now_ms, p, op.user, [-(op.qty as i64), 0, 0]);
             return Reply::Done(self.sold_out(p));
         }
         if self.parked_total >= self.cfg.parked_max {
+            self.count_user(now_ms, p, op.user, [-(op.qty as i64), 0, 0]);
             return Reply::Done(OpResult::status(Status::Busy));
         }
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         self.pools[p].shard.waiting.push_back(Parked { ticket, op: *op, asked: false });
         self.parked_total += 1;
+        self.count_user(now_ms, p, op.user, [-(op.qty as i64), 0, op.qty as i64]);
         if home {
             self.pools[p].bank.queue.push_back(Demand { from: self.cfg.core, ticket, need: op.qty as u64 });
             if self.pools[p].bank.mode == BankMode::Normal {
@@ -577,6 +649,49 @@ impl Engine {
             return refuse(Status::HoldsLimitReached);
         }
         Ok(p)
+    }
+
+    /// The pool's rules for a new reserve (checked once, when it arrives; a reserve that
+    /// waits for borrowed units is not checked again). Admitted, its units count as the
+    /// user's held units at once; [`Self::reserve`] moves them to pending if it waits and
+    /// takes them back if it is refused. Precedence: `not_open`, `closed`,
+    /// `quantity_above_max`, `rate_limited` (which uses up one attempt of the user's
+    /// bucket), `user_limit_reached` (held, confirmed and pending units plus this one).
+    fn admit(&mut self, now_ms: u64, p: usize, op: &ReserveOp) -> Result<(), OpResult> {
+        let rules = self.pools[p].def.rules;
+        if rules.opens_at_ms != 0 && now_ms < rules.opens_at_ms {
+            return Err(OpResult { expires_at_ms: rules.opens_at_ms, ..OpResult::status(Status::NotOpen) });
+        }
+        if rules.closes_at_ms != 0 && now_ms >= rules.closes_at_ms {
+            return Err(OpResult::status(Status::Closed));
+        }
+        if rules.max_qty != 0 && op.qty > rules.max_qty {
+            return Err(OpResult::status(Status::QuantityAboveMax));
+        }
+        if !rules.per_user() {
+            return Ok(());
+        }
+        match self.users.attempt(&rules, op.pool, op.user, op.qty as u64, now_ms) {
+            Ok(()) => Ok(()),
+            Err(Refusal::Rate { next_at_ms }) => {
+                Err(OpResult { expires_at_ms: next_at_ms, ..OpResult::status(Status::RateLimited) })
+            }
+            Err(Refusal::Limit) => Err(OpResult::status(Status::UserLimitReached)),
+        }
+    }
+
+    /// Adds held, confirmed and pending units to a user's entry in pool `p`, if the pool's
+    /// rules keep per-user state.
+    fn count_user(&mut self, now_ms: u64, p: usize, user: u128, delta: [i64; 3]) {
+        let def = &self.pools[p].def;
+        if def.rules.per_user() {
+            self.users.add(&def.rules, def.id, user, now_ms, delta);
+        }
+    }
+
+    /// A user's entry in a pool with per-user rules (for tests and queries).
+    pub fn user_state(&self, pool: u32, user: u128) -> Option<UserState> {
+        self.users.get(pool, user)
     }
 
     /// Decides a reserve against this shard alone: done (held, or refused by a precheck),
@@ -661,6 +776,7 @@ impl Engine {
                 let shard = &mut self.pools[p].shard;
                 shard.held -= h.qty() as u64;
                 shard.confirmed += h.qty() as u64;
+                self.count_user(now_ms, p, h.user(), [-(h.qty() as i64), h.qty() as i64, 0]);
                 self.finish(now_ms, slot, ReservationState::Confirmed);
                 self.holds.set_commit_ref(slot, op.commit_ref);
                 self.result_of(slot, Status::Ok)
@@ -775,6 +891,7 @@ impl Engine {
         let h = *self.holds.get(slot);
         let p = self.pool_index(h.pool()).expect("hold of a known pool");
         self.pools[p].shard.held -= h.qty() as u64;
+        self.count_user(now_ms, p, h.user(), [-(h.qty() as i64), 0, 0]);
         self.finish(now_ms, slot, state);
         p
     }
@@ -782,6 +899,8 @@ impl Engine {
     /// Expires due holds and purges records past retention.
     pub fn tick(&mut self, now_ms: u64) {
         self.last_now_ms = self.last_now_ms.max(now_ms);
+        let pools = &self.pools;
+        self.users.sweep(now_ms, |pool| pools.get(pool as usize - 1).map(|slot| slot.def.rules));
         if !self.wheel.may_have_due(now_ms) {
             return;
         }
@@ -856,6 +975,14 @@ impl Engine {
         waiting.remove(pos)
     }
 
+    /// A parked reserve was decided with `result`: its units stop being pending for its
+    /// user, and are held if it took them (an `ok` that is not a repeat).
+    fn left_line(&mut self, now_ms: u64, p: usize, op: &ReserveOp, result: &OpResult) {
+        let took = result.status == Status::Ok as u8 && result.flags & RESULT_FLAG_REPEAT == 0;
+        let qty = op.qty as i64;
+        self.count_user(now_ms, p, op.user, [if took { qty } else { 0 }, 0, -qty]);
+    }
+
     /// Serves the waiting line in order while it fits, then asks for what is missing (or,
     /// when drained, sends free units home).
     fn pump(&mut self, now_ms: u64, p: usize) {
@@ -869,6 +996,7 @@ impl Engine {
                 Attempt::Done(result) => {
                     self.pools[p].shard.waiting.pop_front();
                     self.parked_total -= 1;
+                    self.left_line(now_ms, p, &front.op, &result);
                     self.complete(front.ticket, result);
                 }
                 Attempt::Short => break,
@@ -934,6 +1062,7 @@ impl Engine {
                         self.sold_out(p)
                     }
                 };
+                self.left_line(now_ms, p, &parked.op, &result);
                 self.complete(d.ticket, result);
             } else if self.pools[p].shard.available() >= d.need {
                 self.send(d.from, PeerMsg::Grant { pool, units: d.need, ticket: Some(d.ticket) });
@@ -1055,6 +1184,7 @@ impl Engine {
         match (self.attempt(now_ms, p, &parked.op), refusal) {
             (Attempt::Done(result), _) | (Attempt::Short, Some(result)) => {
                 self.unpark(p, ticket);
+                self.left_line(now_ms, p, &parked.op, &result);
                 self.complete(ticket, result);
             }
             (Attempt::Short, None) => self.pools[p].shard.waiting[pos].asked = false,
@@ -1115,8 +1245,45 @@ impl Engine {
             }
         }
         let mut pools = self.pools.iter().zip(held);
-        pools.find(|(slot, sum)| slot.shard.held != *sum).map(|(slot, sum)| {
-            format!("held units of pool {} ({}) disagree with its holds ({sum})", slot.def.id, slot.shard.held)
+        if let Some((slot, sum)) = pools.find(|(slot, sum)| slot.shard.held != *sum) {
+            return Some(format!(
+                "held units of pool {} ({}) disagree with its holds ({sum})",
+                slot.def.id, slot.shard.held
+            ));
+        }
+        self.user_counts_failure()
+    }
+
+    /// Checks the per-user entries against the reservations: held and pending units of
+    /// every user of every pool with per-user rules, and no entry in other pools.
+    fn user_counts_failure(&self) -> Option<String> {
+        let mut expected: HashMap<(u32, u128), (u64, u64)> = HashMap::new();
+        for (_, h) in self.holds.iter() {
+            let per_user = self.pool_index(h.pool()).is_some_and(|p| self.pools[p].def.rules.per_user());
+            if per_user && h.state() == ReservationState::Held {
+                expected.entry((h.pool(), h.user())).or_default().0 += h.qty() as u64;
+            }
+        }
+        for slot in self.pools.iter().filter(|slot| slot.def.rules.per_user()) {
+            for w in &slot.shard.waiting {
+                expected.entry((slot.def.id, w.op.user)).or_default().1 += w.op.qty as u64;
+            }
+        }
+        for e in self.users.iter() {
+            let per_user = self.pool_index(e.pool).is_some_and(|p| self.pools[p].def.rules.per_user());
+            if !per_user {
+                return Some(format!("user {:x} has an entry in pool {}, which has no per-user rules", e.user, e.pool));
+            }
+            let (held, pending) = expected.remove(&(e.pool, e.user)).unwrap_or_default();
+            if (e.state.held, e.state.pending) != (held, pending) {
+                return Some(format!(
+                    "user {:x} in pool {}: {} held and {} pending counted, {held} and {pending} in the reservations",
+                    e.user, e.pool, e.state.held, e.state.pending
+                ));
+            }
+        }
+        expected.into_iter().next().map(|((pool, user), (held, pending))| {
+            format!("user {user:x} in pool {pool} has {held} held and {pending} pending units and no entry")
         })
     }
 
@@ -1153,6 +1320,7 @@ impl Engine {
                     hold_ttl_ms_default: d.hold_ttl_ms_default,
                     hold_ttl_ms_max: d.hold_ttl_ms_max,
                     active: d.active,
+                    rules: d.rules,
                     shard_capacity: s.capacity,
                     held: s.held,
                     confirmed: s.confirmed,
@@ -1204,6 +1372,7 @@ impl Engine {
             stats: [self.stats.operations, self.stats.borrow_messages, self.stats.expirations],
             pools,
             links,
+            users: self.users.sorted(),
             records,
         }
     }
@@ -1247,7 +1416,11 @@ impl Engine {
                 hold_ttl_ms_default: p.hold_ttl_ms_default,
                 hold_ttl_ms_max: p.hold_ttl_ms_max,
                 active: p.active,
+                rules: p.rules,
             };
+            if !def.rules.valid() {
+                return Err(format!("pool {}: invalid rules", p.id));
+            }
             let mut waiting = VecDeque::with_capacity(p.waiting.len());
             for w in &p.waiting {
                 let op =
@@ -1285,6 +1458,7 @@ impl Engine {
             }
         }
         e.next_ticket = head.next_ticket;
+        e.users = Users::restore(&head.users);
         let [operations, borrow_messages, expirations] = head.stats;
         e.stats = EngineStats { operations, borrow_messages, expirations };
         for r in records {

@@ -4,6 +4,8 @@
 //!   protocol between cores.
 //! - [`pool`]: pool definitions, shards and the home core's borrowing state.
 //! - [`holds`]: the reservation table (slab + index, allocated once).
+//! - [`huge`]: large tables on 2 MiB pages.
+//! - [`users`]: per-user state of pools with per-user rules (limits, rates).
 //! - [`wheel`]: the timing wheel that expires holds without scanning them.
 //! - [`snapshot`]: the plain-data form of a core's state, for snapshots.
 //! - [`cluster`]: several engines wired together with an in-memory, ordered, seedable
@@ -17,6 +19,7 @@ pub mod huge;
 pub mod model;
 pub mod pool;
 pub mod snapshot;
+pub mod users;
 pub mod wheel;
 
 pub use engine::{Command, Completion, Engine, EngineConfig, EngineStats, Envelope, Link, Outcome, PeerMsg, Reply};

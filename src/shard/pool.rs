@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 
 use crate::protocol::ReserveOp;
 use crate::protocol::control::{
-    PoolInfo, PoolKind, SHARD_FLAG_DRAINED, SHARD_FLAG_HOME, SHARD_FLAG_RECALLING, ShardStatus,
+    PoolInfo, PoolKind, PoolRules, SHARD_FLAG_DRAINED, SHARD_FLAG_HOME, SHARD_FLAG_RECALLING, ShardStatus,
 };
 
 /// Largest pool capacity in units; keeps every sum of units far from overflow.
@@ -28,6 +28,8 @@ pub struct PoolDef {
     pub hold_ttl_ms_max: u32,
     /// Whether new reserves are accepted.
     pub active: bool,
+    /// Allocation rules (changeable at runtime, like `active`).
+    pub rules: PoolRules,
 }
 
 impl PoolDef {
@@ -53,6 +55,7 @@ impl PoolDef {
             hold_ttl_ms_default: self.hold_ttl_ms_default,
             hold_ttl_ms_max: self.hold_ttl_ms_max,
             home_core: self.home_core(cores),
+            rules: self.rules,
         }
     }
 }

@@ -5,9 +5,11 @@
 //! `server` feature these types are serialized with rkyv.
 
 pub use super::holds::HoldSnap;
+pub use super::users::UserPool;
+use crate::protocol::control::PoolRules;
 
 /// The version of this format.
-pub const SNAPSHOT_FORMAT: u32 = 1;
+pub const SNAPSHOT_FORMAT: u32 = 2;
 
 /// Everything but the reservation records.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,6 +39,8 @@ pub struct SnapshotHead {
     pub pools: Vec<PoolSnap>,
     /// Links with every core (this one's entry unused), by core index.
     pub links: Vec<LinkSnap>,
+    /// Per-user entries of pools with per-user rules, by pool and user.
+    pub users: Vec<UserPool>,
     /// How many reservation records follow.
     pub records: u64,
 }
@@ -59,6 +63,8 @@ pub struct PoolSnap {
     pub hold_ttl_ms_max: u32,
     /// Accepting reserves.
     pub active: bool,
+    /// Allocation rules.
+    pub rules: PoolRules,
     /// Shard: units owned.
     pub shard_capacity: u64,
     /// Shard: units held.

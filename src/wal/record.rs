@@ -13,19 +13,24 @@
 //! | 4    | extend          | the 48-byte extend record                                   |
 //! | 5    | tick            | —                                                           |
 //! | 6    | peer message    | from u16, seq u64, the 24-byte message                      |
-//! | 7    | create pool     | id u32, kind u8, active u8, capacity u64, ttl default u32, ttl max u32, name length u8, name |
+//! | 7    | create pool     | id u32, kind u8, active u8, capacity u64, ttl default u32, ttl max u32, name length u8, name, rules (40 bytes) |
 //! | 8    | set pool active | pool u32, active u8                                         |
 //! | 9    | set limits      | core u16, cores u16, holds_max u32, parked_max u32, retention_ms u64, pools_max u32 |
+//! | 10   | set pool rules  | pool u32, rules (40 bytes, as in the protocol's `PoolRules`) |
+//!
+//! A change is logged before the state machine decides it, so a refused change (an unknown
+//! pool, inconsistent rules) is in the log too and refused again when replayed.
 
-use crate::protocol::control::PoolKind;
+use crate::protocol::control::{PoolKind, PoolRules};
 use crate::protocol::{ConfirmOp, ExtendOp, ReleaseOp, ReserveOp};
 use crate::shard::engine::PEER_MSG_SIZE;
 use crate::shard::{Command, EngineConfig, PeerMsg, PoolDef};
 
 /// Bytes before the body: checksum, body length, LSN.
 pub const RECORD_HEADER_SIZE: usize = 16;
-/// The longest body a record may have (a pool creation with a 64-byte name is the longest).
-pub const RECORD_BODY_MAX: usize = 128;
+/// The longest body a record may have. A pool creation with a 64-byte name is the longest
+/// today (9 + 23 + 64 + 40 = 136 bytes); a length above this is damage, not a record.
+pub const RECORD_BODY_MAX: usize = 160;
 
 const KIND_RESERVE: u8 = 1;
 const KIND_CONFIRM: u8 = 2;
@@ -36,6 +41,7 @@ const KIND_PEER: u8 = 6;
 const KIND_CREATE_POOL: u8 = 7;
 const KIND_SET_ACTIVE: u8 = 8;
 const KIND_SET_LIMITS: u8 = 9;
+const KIND_SET_RULES: u8 = 10;
 
 /// A decoded record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,6 +75,7 @@ pub fn encode(lsn: u64, now_ms: u64, command: &Command, out: &mut Vec<u8>) {
         Command::CreatePool(_) => KIND_CREATE_POOL,
         Command::SetPoolActive { .. } => KIND_SET_ACTIVE,
         Command::SetLimits(_) => KIND_SET_LIMITS,
+        Command::SetPoolRules { .. } => KIND_SET_RULES,
         Command::Lookup(_) | Command::PeerAck { .. } => panic!("{command:?} is not logged"),
     };
     out.push(kind);
@@ -110,6 +117,11 @@ pub fn encode(lsn: u64, now_ms: u64, command: &Command, out: &mut Vec<u8>) {
             out.extend_from_slice(&def.hold_ttl_ms_max.to_le_bytes());
             out.push(def.name.len() as u8);
             out.extend_from_slice(def.name.as_bytes());
+            def.rules.encode(out);
+        }
+        Command::SetPoolRules { pool, rules } => {
+            out.extend_from_slice(&pool.to_le_bytes());
+            rules.encode(out);
         }
         Command::SetPoolActive { pool, active } => {
             out.extend_from_slice(&pool.to_le_bytes());
@@ -203,8 +215,9 @@ fn decode_command(kind: u8, f: &[u8]) -> Option<Command> {
         }
         KIND_CREATE_POOL => {
             let name_len = *f.get(22)? as usize;
-            exactly(23 + name_len)?;
-            let name = std::str::from_utf8(&f[23..]).ok()?;
+            exactly(23 + name_len + PoolRules::SIZE)?;
+            let name = std::str::from_utf8(&f[23..23 + name_len]).ok()?;
+            let rules = PoolRules::decode(&f[23 + name_len..]).ok().filter(PoolRules::valid)?;
             Command::CreatePool(PoolDef {
                 id: u32_at(0)?,
                 kind: PoolKind::from_u8(f[4])?,
@@ -217,7 +230,14 @@ fn decode_command(kind: u8, f: &[u8]) -> Option<Command> {
                 hold_ttl_ms_default: u32_at(14)?,
                 hold_ttl_ms_max: u32_at(18)?,
                 name: name.into(),
+                rules,
             })
+        }
+        KIND_SET_RULES => {
+            exactly(4 + PoolRules::SIZE)?;
+            // Inconsistent rules are a refused change, logged like any other.
+            let rules = PoolRules::decode(&f[4..]).ok()?;
+            Command::SetPoolRules { pool: u32_at(0)?, rules }
         }
         KIND_SET_ACTIVE => {
             exactly(5)?;
@@ -266,6 +286,7 @@ mod tests {
             hold_ttl_ms_max: 900_000,
             kind: PoolKind::Counted as u8,
             active: false,
+            rules: Default::default(),
         };
         Engine::new(limits(), NOW).validate_pool_create(&req).expect("a valid pool")
     }
@@ -276,6 +297,7 @@ mod tests {
         let id = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210u128;
         let user = u128::MAX - 7;
         let peer = |seq, msg| Command::Peer { from: 2, seq, msg };
+        let rules = PoolRules { max_per_user: 4, opens_at_ms: 1, closes_at_ms: 2, rate_per_s: 3, burst: 5, max_qty: 6 };
         vec![
             (Command::Reserve(ReserveOp { id, user, pool: 3, qty: 7, ttl_ms: 60_000, priority: 9 }), 16 + 9 + 48),
             (Command::Confirm(ConfirmOp { id, user, commit_ref: 0xfeed }), 16 + 9 + 48),
@@ -291,11 +313,18 @@ mod tests {
             (peer(7, PeerMsg::Returned { pool: 4, units: 0 }), 16 + 9 + 34),
             (peer(u64::MAX, PeerMsg::Return { pool: u32::MAX, units: u64::MAX }), 16 + 9 + 34),
             (peer(9, PeerMsg::Undrain { pool: 4 }), 16 + 9 + 34),
-            (Command::CreatePool(pool_def("seats-2025")), 16 + 9 + 23 + 10),
-            (Command::CreatePool(pool_def(&"x".repeat(64))), 16 + 9 + 23 + 64),
+            (Command::CreatePool(pool_def("seats-2025")), 16 + 9 + 23 + 10 + 40),
+            (Command::CreatePool(PoolDef { rules, ..pool_def(&"x".repeat(64)) }), 16 + 9 + 23 + 64 + 40),
             (Command::SetPoolActive { pool: 5, active: true }, 16 + 9 + 5),
             (Command::SetPoolActive { pool: 5, active: false }, 16 + 9 + 5),
             (Command::SetLimits(limits()), 16 + 9 + 24),
+            (Command::SetPoolRules { pool: 5, rules }, 16 + 9 + 44),
+            (Command::SetPoolRules { pool: 6, rules: PoolRules::default() }, 16 + 9 + 44),
+            // A refused change (a rate without a burst) is logged and read back too.
+            (
+                Command::SetPoolRules { pool: 6, rules: PoolRules { rate_per_s: 3, ..PoolRules::default() } },
+                16 + 9 + 44,
+            ),
         ]
     }
 
@@ -349,7 +378,7 @@ mod tests {
                 b[RECORD_HEADER_SIZE]
             })
             .collect();
-        assert_eq!(kinds, [1, 2, 3, 4, 5, 6, 6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 8, 8, 9]);
+        assert_eq!(kinds, [1, 2, 3, 4, 5, 6, 6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 8, 8, 9, 10, 10, 10]);
     }
 
     #[test]

@@ -249,6 +249,7 @@ mod tests {
             hold_ttl_ms_max: 5000,
             kind: 0,
             active: true,
+            rules: Default::default(),
         };
         let def = Engine::new(limits(0, 2), T0).validate_pool_create(&req).expect("valid");
         vec![

@@ -10,7 +10,7 @@ use super::WalError;
 use super::record::{self, Record};
 
 /// The first bytes of every segment.
-pub const SEGMENT_MAGIC: [u8; 8] = *b"SCWAL\0\0\x01";
+pub const SEGMENT_MAGIC: [u8; 8] = *b"SCWAL\0\0\x02";
 /// Size of the segment header.
 pub const SEGMENT_HEADER_SIZE: usize = 32;
 
@@ -54,6 +54,12 @@ impl SegmentHeader {
         let corrupt = |reason: &str| WalError::Corrupt { path: path.into(), offset: 0, reason: reason.into() };
         if b.len() < SEGMENT_HEADER_SIZE {
             return Err(corrupt("shorter than a segment header"));
+        }
+        if b[0..7] == SEGMENT_MAGIC[0..7] && b[7] != SEGMENT_MAGIC[7] {
+            return Err(corrupt(&format!(
+                "log format version {}, this server reads version {} (bad magic)",
+                b[7], SEGMENT_MAGIC[7]
+            )));
         }
         if b[0..8] != SEGMENT_MAGIC {
             return Err(corrupt("not a shardcap log segment (bad magic)"));
@@ -201,7 +207,7 @@ mod tests {
     fn header_round_trips_with_its_documented_layout() {
         let h = SegmentHeader { core: 3, cores: 8, first_lsn: 0x0102_0304_0506_0708 };
         let b = h.encode();
-        assert_eq!(&b[0..8], b"SCWAL\0\0\x01");
+        assert_eq!(&b[0..8], b"SCWAL\0\0\x02");
         assert_eq!(&b[8..10], &3u16.to_le_bytes());
         assert_eq!(&b[10..12], &8u16.to_le_bytes());
         assert_eq!(&b[12..16], &[0; 4]);
@@ -217,14 +223,14 @@ mod tests {
         let mut bad_magic = good;
         bad_magic[0] = b'X';
         let mut bad_version = good;
-        bad_version[7] = 2;
+        bad_version[7] = 1;
         let mut bad_crc = good;
         bad_crc[8] ^= 1; // core 1 becomes core 0: only the checksum notices
         let mut bad_stored_crc = good;
         bad_stored_crc[24] ^= 0x80;
         let cases: [(&[u8], &str); 5] = [
             (&bad_magic, "bad magic"),
-            (&bad_version, "bad magic"),
+            (&bad_version, "log format version 1, this server reads version 2"),
             (&bad_crc, "checksum mismatch"),
             (&bad_stored_crc, "checksum mismatch"),
             (&good[..31], "shorter than a segment header"),

@@ -147,6 +147,7 @@ mod tests {
                 hold_ttl_ms_max: 60_000,
                 kind: 0,
                 active: true,
+                rules: Default::default(),
             };
             let def = e.validate_pool_create(&req).expect("valid");
             e.apply(NOW, Command::CreatePool(def));

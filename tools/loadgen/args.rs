@@ -6,6 +6,7 @@
 //! before anything touches the server.
 
 use clap::{Parser, ValueEnum};
+use shardcap::protocol::control::PoolRules;
 
 /// What the operations of a run are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -164,6 +165,23 @@ pub struct Args {
     /// Capacity of each created pool, in units.
     #[arg(long, default_value_t = 1_000_000_000_000_000_000)]
     pub capacity: u64,
+    /// Rule of each created pool: most units per user (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub max_per_user: u64,
+    /// Rule of each created pool: reserve attempts per user and second (0: none; needs
+    /// --user-burst).
+    #[arg(long, default_value_t = 0)]
+    pub user_rate: u32,
+    /// Rule of each created pool: attempts a user may make at once.
+    #[arg(long, default_value_t = 0)]
+    pub user_burst: u32,
+    /// Rule of each created pool: most units per reserve (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub max_qty: u32,
+    /// Rule of each created pool: a sale window open from a minute before the run to a
+    /// day after it (checked on every reserve, never refusing).
+    #[arg(long)]
+    pub window: bool,
     /// Measured run time in seconds, after the warmup.
     #[arg(long, default_value_t = 10.0)]
     pub duration_s: f64,
@@ -226,6 +244,8 @@ pub struct Plan {
     pub pool_prefix: String,
     /// Capacity of each pool, in units.
     pub capacity: u64,
+    /// Rules of each pool.
+    pub rules: PoolRules,
     /// Measured time, in seconds.
     pub duration_s: f64,
     /// Warmup, in seconds.
@@ -276,6 +296,19 @@ impl Plan {
             pool_dist: args.pool_dist.or(preset_pool_dist).unwrap_or(Dist::Uniform),
             pool_prefix: args.pool_prefix,
             capacity: args.capacity,
+            rules: {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                PoolRules {
+                    max_per_user: args.max_per_user,
+                    opens_at_ms: if args.window { now - 60_000 } else { 0 },
+                    closes_at_ms: if args.window { now + 86_400_000 } else { 0 },
+                    rate_per_s: args.user_rate,
+                    burst: args.user_burst,
+                    max_qty: args.max_qty,
+                }
+            },
             duration_s: args.duration_s,
             warmup_s: args.warmup_s,
             max_ops: args.max_ops,
@@ -305,6 +338,9 @@ impl Plan {
         }
         if !finite_at_least(self.zipf_theta, 0.0) {
             return Err(format!("--zipf-theta {} must be at least 0", self.zipf_theta));
+        }
+        if !self.rules.valid() {
+            return Err("--user-rate and --user-burst go together; --max-qty must be below 2^29".into());
         }
         if self.capacity == 0 || self.capacity > 1 << 60 {
             return Err(format!("--capacity {} must be within 1..=2^60", self.capacity));

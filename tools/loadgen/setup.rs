@@ -118,6 +118,7 @@ pub fn prepare(plan: &Plan) -> Result<Setup, String> {
                 hold_ttl_ms_max: POOL_TTL_MS_MAX,
                 kind: PoolKind::Counted as u8,
                 active: true,
+                rules: plan.rules,
             };
             match client.pool_create(&request) {
                 Ok(Ok(info)) => {

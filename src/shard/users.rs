@@ -1,0 +1,289 @@
+//! Per-user state of the pools whose rules need it (a limit per user, a rate), kept on
+//! the user's home core: every reservation of a user lives on that core, so its counts
+//! are exact without asking any other core, whichever connection a request came on and
+//! whichever core lent the units (borrowing moves units between shards, never holds
+//! between users).
+//!
+//! An entry is kept while the user has units held, pending (a reserve waiting for
+//! borrowed units) or, in a pool with a limit per user, confirmed; and, in a pool with a
+//! rate, until the user's bucket is full again. Then it is dropped (compacted): an idle
+//! user costs nothing.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use hashbrown::{DefaultHashBuilder, HashMap};
+
+use super::huge::HugeAlloc;
+use crate::protocol::control::PoolRules;
+
+/// One user's entry in one pool, as snapshots keep it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "server", derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize))]
+pub struct UserPool {
+    /// Pool id.
+    pub pool: u32,
+    /// User id.
+    pub user: u128,
+    /// The user's state in the pool.
+    pub state: UserState,
+}
+
+/// One user's state in one pool.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "server", derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize))]
+pub struct UserState {
+    /// Units in live holds.
+    pub held: u64,
+    /// Units confirmed (kept as long as the pool has a limit per user).
+    pub confirmed: u64,
+    /// Units of reserves waiting for borrowed capacity.
+    pub pending: u64,
+    /// Reserve attempts left, in thousandths (token bucket).
+    pub tokens_milli: u64,
+    /// When `tokens_milli` was last brought up to date, ms.
+    pub tokens_at_ms: u64,
+    /// When the entry is due to be looked at for compaction (0: not queued).
+    pub sweep_at_ms: u64,
+}
+
+impl UserState {
+    /// Units that count against a limit per user.
+    pub fn counted(&self) -> u64 {
+        self.held + self.confirmed + self.pending
+    }
+
+    /// Refills the bucket up to `now_ms` under `rules`.
+    fn refill(&mut self, rules: &PoolRules, now_ms: u64) {
+        let full = rules.burst as u64 * 1000;
+        let elapsed = now_ms.saturating_sub(self.tokens_at_ms);
+        self.tokens_milli = full.min(self.tokens_milli.saturating_add(elapsed.saturating_mul(rules.rate_per_s as u64)));
+        self.tokens_at_ms = self.tokens_at_ms.max(now_ms);
+    }
+
+    /// When the bucket is full again (now if it is).
+    fn full_at(&self, rules: &PoolRules) -> u64 {
+        let missing = (rules.burst as u64 * 1000).saturating_sub(self.tokens_milli);
+        if missing == 0 || rules.rate_per_s == 0 {
+            return self.tokens_at_ms;
+        }
+        self.tokens_at_ms + missing.div_ceil(rules.rate_per_s as u64)
+    }
+}
+
+/// The per-user entries of one core, and the compaction queue.
+///
+/// The map grows with the users (it is not sized in advance like the reservation table:
+/// entries are reached at random, so room for every possible user would soon be resident
+/// memory).
+pub struct Users {
+    map: HashMap<(u32, u128), UserState, DefaultHashBuilder, HugeAlloc>,
+    /// (due, pool, user): entries to look at again once their bucket is full.
+    sweep: BinaryHeap<Reverse<(u64, u32, u128)>>,
+}
+
+impl Default for Users {
+    fn default() -> Self {
+        Users { map: HashMap::with_hasher_in(DefaultHashBuilder::default(), HugeAlloc), sweep: BinaryHeap::new() }
+    }
+}
+
+/// Why the rules refuse a reserve attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// No attempt left; the next comes at this time.
+    Rate { next_at_ms: u64 },
+    /// The user's units plus this quantity exceed the limit.
+    Limit,
+}
+
+impl Users {
+    /// The entry of `user` in `pool`, if any.
+    pub fn get(&self, pool: u32, user: u128) -> Option<UserState> {
+        self.map.get(&(pool, user)).copied()
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// True when there is no entry.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Every entry, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = UserPool> + '_ {
+        self.map.iter().map(|(&(pool, user), &state)| UserPool { pool, user, state })
+    }
+
+    fn entry(&mut self, pool: u32, user: u128, rules: &PoolRules, now_ms: u64) -> &mut UserState {
+        self.map.entry((pool, user)).or_insert_with(|| UserState {
+            tokens_milli: rules.burst as u64 * 1000,
+            tokens_at_ms: now_ms,
+            ..UserState::default()
+        })
+    }
+
+    /// A new reserve attempt of `qty` units: takes one attempt from the bucket (if the pool
+    /// has a rate), then checks the limit per user (if it has one). Admitted, the units
+    /// are counted as held at once (one lookup on the hot path); the caller moves them to
+    /// pending if the reserve waits, or takes them back if it is refused for capacity.
+    pub fn attempt(&mut self, rules: &PoolRules, pool: u32, user: u128, qty: u64, now_ms: u64) -> Result<(), Refusal> {
+        let e = self.entry(pool, user, rules, now_ms);
+        let mut refusal = None;
+        if rules.rate_per_s > 0 {
+            e.refill(rules, now_ms);
+            if e.tokens_milli >= 1000 {
+                e.tokens_milli -= 1000;
+            } else {
+                let wait = (1000 - e.tokens_milli).div_ceil(rules.rate_per_s as u64);
+                refusal = Some(Refusal::Rate { next_at_ms: now_ms + wait });
+            }
+        }
+        if refusal.is_none() && rules.max_per_user > 0 && e.counted() + qty > rules.max_per_user {
+            refusal = Some(Refusal::Limit);
+        }
+        match refusal {
+            None => {
+                e.held += qty;
+                Ok(())
+            }
+            Some(refusal) => {
+                self.settle(rules, pool, user, now_ms);
+                Err(refusal)
+            }
+        }
+    }
+
+    /// Adds `held`, `confirmed` and `pending` units (negative: removes) to an entry and
+    /// drops it if it is idle.
+    pub fn add(&mut self, rules: &PoolRules, pool: u32, user: u128, now_ms: u64, delta: [i64; 3]) {
+        let e = self.entry(pool, user, rules, now_ms);
+        let apply = |v: &mut u64, d: i64| *v = v.checked_add_signed(d).expect("user counts never go below zero");
+        apply(&mut e.held, delta[0]);
+        apply(&mut e.confirmed, delta[1]);
+        apply(&mut e.pending, delta[2]);
+        if delta.iter().any(|&d| d < 0) {
+            self.settle(rules, pool, user, now_ms);
+        }
+    }
+
+    /// Drops the entry if nothing needs it any more, or queues it for when its bucket is full.
+    fn settle(&mut self, rules: &PoolRules, pool: u32, user: u128, now_ms: u64) {
+        let Some(e) = self.map.get_mut(&(pool, user)) else { return };
+        let confirmed = if rules.max_per_user > 0 { e.confirmed } else { 0 };
+        if e.held + e.pending + confirmed > 0 {
+            return;
+        }
+        e.refill(rules, now_ms);
+        let full_at = e.full_at(rules);
+        if full_at <= now_ms {
+            self.map.remove(&(pool, user));
+        } else if e.sweep_at_ms == 0 {
+            e.sweep_at_ms = full_at;
+            self.sweep.push(Reverse((full_at, pool, user)));
+        }
+    }
+
+    /// Looks again at the entries due by `now_ms`; `rules_of` gives a pool's rules.
+    pub fn sweep(&mut self, now_ms: u64, rules_of: impl Fn(u32) -> Option<PoolRules>) {
+        while let Some(&Reverse((due, pool, user))) = self.sweep.peek() {
+            if due > now_ms {
+                break;
+            }
+            self.sweep.pop();
+            let Some(e) = self.map.get_mut(&(pool, user)) else { continue };
+            if e.sweep_at_ms != due {
+                continue;
+            }
+            e.sweep_at_ms = 0;
+            if let Some(rules) = rules_of(pool) {
+                self.settle(&rules, pool, user, now_ms);
+            }
+        }
+    }
+
+    /// Replaces every entry of `pool` with `entries` (a rules change that starts keeping
+    /// per-user state counts it from the reservations), or just drops them.
+    pub fn reset_pool(&mut self, pool: u32, entries: impl IntoIterator<Item = UserPool>) {
+        self.map.retain(|&(p, _), _| p != pool);
+        for e in entries {
+            self.insert(e);
+        }
+    }
+
+    fn insert(&mut self, e: UserPool) {
+        self.map.insert((e.pool, e.user), e.state);
+        if e.state.sweep_at_ms != 0 {
+            self.sweep.push(Reverse((e.state.sweep_at_ms, e.pool, e.user)));
+        }
+    }
+
+    /// Rebuilds from a snapshot's entries.
+    pub fn restore(entries: &[UserPool]) -> Users {
+        let mut users = Users::default();
+        for e in entries {
+            users.insert(*e);
+        }
+        users
+    }
+
+    /// Every entry, sorted by pool and user (for snapshots).
+    pub fn sorted(&self) -> Vec<UserPool> {
+        let mut v: Vec<UserPool> = self.iter().collect();
+        v.sort_unstable_by_key(|e| (e.pool, e.user));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: u64 = 1_000_000;
+
+    fn rules(max_per_user: u64, rate_per_s: u32, burst: u32) -> PoolRules {
+        PoolRules { max_per_user, rate_per_s, burst, ..PoolRules::default() }
+    }
+
+    #[test]
+    fn the_bucket_gives_burst_attempts_then_one_per_interval() {
+        let r = rules(0, 2, 3);
+        let mut u = Users::default();
+        for _ in 0..3 {
+            assert_eq!(u.attempt(&r, 1, 7, 1, T0), Ok(()));
+        }
+        assert_eq!(u.attempt(&r, 1, 7, 1, T0), Err(Refusal::Rate { next_at_ms: T0 + 500 }));
+        assert_eq!(u.attempt(&r, 1, 7, 1, T0 + 499), Err(Refusal::Rate { next_at_ms: T0 + 500 }));
+        assert_eq!(u.attempt(&r, 1, 7, 1, T0 + 500), Ok(()));
+        // Another user and another pool have their own buckets.
+        assert_eq!(u.attempt(&r, 1, 8, 1, T0 + 500), Ok(()));
+        assert_eq!(u.attempt(&r, 2, 7, 1, T0 + 500), Ok(()));
+    }
+
+    #[test]
+    fn idle_entries_are_dropped_once_their_bucket_is_full() {
+        let r = rules(0, 10, 2);
+        let mut u = Users::default();
+        u.attempt(&r, 1, 7, 1, T0).unwrap();
+        u.add(&r, 1, 7, T0, [-1, 0, 0]); // refused for capacity after all
+        assert_eq!(u.len(), 1, "kept while the bucket refills");
+        u.sweep(T0 + 99, |_| Some(r));
+        assert_eq!(u.len(), 1);
+        u.sweep(T0 + 100, |_| Some(r));
+        assert!(u.is_empty(), "dropped when full");
+
+        let limit = rules(4, 0, 0);
+        u.attempt(&limit, 1, 7, 3, T0).unwrap();
+        assert_eq!(u.get(1, 7).map(|e| e.held), Some(3), "an admitted attempt counts as held");
+        assert_eq!(u.attempt(&limit, 1, 7, 2, T0), Err(Refusal::Limit));
+        u.add(&limit, 1, 7, T0, [-3, 3, 0]);
+        assert_eq!(u.get(1, 7).map(|e| e.counted()), Some(3), "confirmed units count");
+        u.add(&limit, 1, 7, T0, [0, 0, 1]);
+        assert_eq!(u.attempt(&limit, 1, 7, 1, T0), Err(Refusal::Limit), "pending units count");
+        u.add(&limit, 1, 7, T0, [0, 0, -1]);
+        assert_eq!(u.attempt(&limit, 1, 7, 1, T0), Ok(()));
+    }
+}

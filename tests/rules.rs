@@ -1,0 +1,385 @@
+//! Allocation rules in the state machine: sale window, maximum quantity per reserve, rate
+//! per user (token bucket) and maximum units per user, with their precedence and their
+//! interplay with idempotent repeats, confirm, release, expiry, extend, live rule changes,
+//! snapshots and borrowing between cores.
+//!
+//! How it works: the tables run on one 1-core [`Engine`] (every user on the same core);
+//! a row is `(at, command, expected status, expected expires_at_ms)` with times in ms after
+//! [`T0`] and 0 for "none", and after every row the runner calls [`Engine::audit`], which
+//! also checks every user's counted units against the reservations. The property test
+//! drives a multi-core [`Cluster`] (borrowing, parked reserves, releases, expiries, rule
+//! changes) and asserts at every step that no user ever holds and has confirmed more than
+//! `max_per_user` units of the pool.
+
+use proptest::prelude::*;
+use shardcap::protocol::control::{PoolCreate, PoolKind, PoolRules};
+use shardcap::protocol::{ConfirmOp, ExtendOp, ReleaseOp, ReservationState, ReserveOp, Status as S, home_core};
+use shardcap::shard::cluster::Cluster;
+use shardcap::shard::{Command, Engine, EngineConfig, Outcome, Reply};
+
+const T0: u64 = 1_000_000;
+const RETENTION: u64 = 2_000;
+const TTL: u32 = 1_000;
+const ALICE: u128 = 0xA11CE;
+const BOB: u128 = 0xB0B;
+
+fn request(capacity: u64, rules: PoolRules) -> PoolCreate {
+    PoolCreate {
+        name: "pool".into(),
+        capacity,
+        hold_ttl_ms_default: TTL,
+        hold_ttl_ms_max: 5 * TTL,
+        kind: PoolKind::Counted as u8,
+        active: true,
+        rules,
+    }
+}
+
+fn engine(capacity: u64, rules: PoolRules) -> Engine {
+    let cfg = EngineConfig { core: 0, cores: 1, holds_max: 100, parked_max: 16, retention_ms: RETENTION, pools_max: 4 };
+    let mut e = Engine::new(cfg, T0);
+    let def = e.validate_pool_create(&request(capacity, rules)).expect("valid rules");
+    e.create_pool(def);
+    e
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Cmd {
+    Reserve { id: u128, user: u128, qty: u32 },
+    Confirm { id: u128, user: u128 },
+    Release { id: u128, user: u128 },
+    Extend { id: u128, user: u128 },
+    Rules(PoolRules),
+    Tick,
+}
+use Cmd::*;
+
+fn run(e: &mut Engine, rows: &[(u64, Cmd, S, u64)]) {
+    for (n, &(at, cmd, status, expires)) in rows.iter().enumerate() {
+        let now = T0 + at;
+        let (got_status, got_expires) = match cmd {
+            Reserve { id, user, qty } => {
+                let op = ReserveOp { id, user, pool: 1, qty, ttl_ms: 0, priority: 0 };
+                match e.apply(now, Command::Reserve(op)) {
+                    Outcome::Reserve(Reply::Done(r)) => (r.status, r.expires_at_ms),
+                    other => panic!("row {n}: a 1-core reserve is decided at once, got {other:?}"),
+                }
+            }
+            Confirm { id, user } => op_result(e.apply(now, Command::Confirm(ConfirmOp { id, user, commit_ref: 1 }))),
+            Release { id, user } => op_result(e.apply(now, Command::Release(ReleaseOp { id, user }))),
+            Extend { id, user } => op_result(e.apply(now, Command::Extend(ExtendOp { id, user, ttl_ms: 3 * TTL }))),
+            Rules(rules) => match e.apply(now, Command::SetPoolRules { pool: 1, rules }) {
+                Outcome::Pool(Ok(info)) => {
+                    assert_eq!(info.rules, rules, "row {n}: the pool reports its new rules");
+                    (S::Ok as u8, 0)
+                }
+                Outcome::Pool(Err(s)) => (s as u8, 0),
+                other => panic!("row {n}: {other:?}"),
+            },
+            Tick => {
+                e.apply(now, Command::Tick);
+                (S::Ok as u8, 0)
+            }
+        };
+        assert_eq!(S::from_u8(got_status), Some(status), "row {n}: {cmd:?} status");
+        let got = if got_expires == 0 { 0 } else { got_expires - T0 };
+        assert_eq!(got, expires, "row {n}: {cmd:?} expires_at_ms");
+        e.audit();
+    }
+}
+
+fn op_result(outcome: Outcome) -> (u8, u64) {
+    match outcome {
+        Outcome::Op(r) => (r.status, r.expires_at_ms),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn counted(e: &Engine, user: u128) -> u64 {
+    e.user_state(1, user).map_or(0, |u| u.counted())
+}
+
+#[test]
+fn sale_window_and_max_quantity() {
+    let rules = PoolRules { opens_at_ms: T0 + 100, closes_at_ms: T0 + 200, max_qty: 3, ..PoolRules::default() };
+    let mut e = engine(10, rules);
+    #[rustfmt::skip]
+    run(&mut e, &[
+        // Before the window: not_open, with the opening time.
+        (0,   Reserve { id: 1, user: ALICE, qty: 1 }, S::NotOpen,          100),
+        (99,  Reserve { id: 1, user: ALICE, qty: 1 }, S::NotOpen,          100),
+        // The id of a refused reserve is not burnt.
+        (100, Reserve { id: 1, user: ALICE, qty: 1 }, S::Ok,               1100),
+        (150, Reserve { id: 2, user: ALICE, qty: 4 }, S::QuantityAboveMax, 0),
+        (150, Reserve { id: 2, user: ALICE, qty: 3 }, S::Ok,               1150),
+        // Closed from closes_at on, but an idempotent repeat still answers ok and existing
+        // holds can still be confirmed, released and extended.
+        (200, Reserve { id: 3, user: BOB,   qty: 1 }, S::Closed,           0),
+        (200, Reserve { id: 1, user: ALICE, qty: 1 }, S::Ok,               1100),
+        (201, Extend  { id: 1, user: ALICE },         S::Ok,               3201),
+        (202, Confirm { id: 1, user: ALICE },         S::Ok,               0),
+        (203, Release { id: 2, user: ALICE },         S::Ok,               0),
+        // A live change reopens the pool for the next reserve.
+        (300, Rules(PoolRules { max_qty: 3, ..PoolRules::default() }), S::Ok, 0),
+        (300, Reserve { id: 3, user: BOB,   qty: 3 }, S::Ok,               1300),
+        // Inconsistent rules are refused and change nothing.
+        (301, Rules(PoolRules { opens_at_ms: 5, closes_at_ms: 5, ..PoolRules::default() }), S::InvalidRules, 0),
+        (301, Reserve { id: 4, user: BOB,   qty: 4 }, S::QuantityAboveMax, 0),
+    ]);
+}
+
+#[test]
+fn max_per_user_counts_held_and_confirmed_units_and_frees_on_release_and_expiry() {
+    let rules = PoolRules { max_per_user: 4, ..PoolRules::default() };
+    let mut e = engine(100, rules);
+    #[rustfmt::skip]
+    run(&mut e, &[
+        (0,    Reserve { id: 1, user: ALICE, qty: 3 }, S::Ok,               1000),
+        (1,    Reserve { id: 2, user: ALICE, qty: 2 }, S::UserLimitReached, 0),
+        (1,    Reserve { id: 2, user: ALICE, qty: 1 }, S::Ok,               1001),
+        // A repeat of a held reserve answers ok and takes nothing.
+        (2,    Reserve { id: 2, user: ALICE, qty: 1 }, S::Ok,               1001),
+        (2,    Reserve { id: 3, user: ALICE, qty: 1 }, S::UserLimitReached, 0),
+        // Another user has a limit of their own.
+        (2,    Reserve { id: 4, user: BOB,   qty: 4 }, S::Ok,               1002),
+        // Confirmed units still count; released ones do not.
+        (3,    Confirm { id: 1, user: ALICE },         S::Ok,               0),
+        (4,    Reserve { id: 3, user: ALICE, qty: 1 }, S::UserLimitReached, 0),
+        (5,    Release { id: 2, user: ALICE },         S::Ok,               0),
+        (6,    Reserve { id: 3, user: ALICE, qty: 1 }, S::Ok,               1006),
+        // Extending changes no count.
+        (7,    Extend  { id: 3, user: ALICE },         S::Ok,               3007),
+        (8,    Reserve { id: 5, user: ALICE, qty: 1 }, S::UserLimitReached, 0),
+        // Bob's hold expires: his units are his again.
+        (1002, Tick,                                   S::Ok,               0),
+        (1003, Reserve { id: 6, user: BOB,   qty: 4 }, S::Ok,               2003),
+    ]);
+    assert_eq!((counted(&e, ALICE), counted(&e, BOB)), (4, 4));
+    let alice = e.user_state(1, ALICE).unwrap();
+    assert_eq!((alice.held, alice.confirmed, alice.pending), (1, 3, 0));
+}
+
+#[test]
+fn rate_limit_is_a_token_bucket_per_user_and_repeats_cost_nothing() {
+    // 10 attempts per second, 2 at once: a new attempt every 100 ms.
+    let rules = PoolRules { rate_per_s: 10, burst: 2, ..PoolRules::default() };
+    let mut e = engine(100, rules);
+    #[rustfmt::skip]
+    run(&mut e, &[
+        (0,   Reserve { id: 1, user: ALICE, qty: 1 }, S::Ok,          1000),
+        (0,   Reserve { id: 2, user: ALICE, qty: 1 }, S::Ok,          1000),
+        // A repeat is not an attempt.
+        (0,   Reserve { id: 2, user: ALICE, qty: 1 }, S::Ok,          1000),
+        // The answer says when the next attempt comes.
+        (0,   Reserve { id: 3, user: ALICE, qty: 1 }, S::RateLimited, 100),
+        (50,  Reserve { id: 3, user: ALICE, qty: 1 }, S::RateLimited, 100),
+        (0,   Reserve { id: 9, user: BOB,   qty: 1 }, S::Ok,          1000),
+        (100, Reserve { id: 3, user: ALICE, qty: 1 }, S::Ok,          1100),
+        (100, Reserve { id: 4, user: ALICE, qty: 1 }, S::RateLimited, 200),
+        // Refusals by a later rule still use up an attempt: 2 attempts back after 200 ms.
+        (300, Rules(PoolRules { rate_per_s: 10, burst: 2, max_qty: 1, ..PoolRules::default() }), S::Ok, 0),
+        (300, Reserve { id: 4, user: ALICE, qty: 2 }, S::QuantityAboveMax, 0),
+        (300, Reserve { id: 4, user: ALICE, qty: 1 }, S::Ok,          1300),
+        (300, Reserve { id: 5, user: ALICE, qty: 1 }, S::Ok,          1300),
+        (300, Reserve { id: 6, user: ALICE, qty: 1 }, S::RateLimited, 400),
+    ]);
+}
+
+#[test]
+fn idle_users_are_compacted() {
+    let rules = PoolRules { max_per_user: 2, rate_per_s: 10, burst: 1, ..PoolRules::default() };
+    let mut e = engine(100, rules);
+    #[rustfmt::skip]
+    run(&mut e, &[
+        (0,   Reserve { id: 1, user: ALICE, qty: 1 }, S::Ok, 1000),
+        (0,   Reserve { id: 2, user: BOB,   qty: 1 }, S::Ok, 1000),
+        (10,  Release { id: 2, user: BOB },           S::Ok, 0),
+    ]);
+    assert!(e.user_state(1, BOB).is_some(), "kept until Bob's bucket is full again");
+    run(&mut e, &[(100, Tick, S::Ok, 0)]);
+    assert_eq!(e.user_state(1, BOB), None, "an idle user with a full bucket is dropped");
+    assert!(e.user_state(1, ALICE).is_some(), "a user with a hold is kept");
+    run(&mut e, &[(1000, Tick, S::Ok, 0)]);
+    assert_eq!(e.user_state(1, ALICE), None, "dropped once the hold expired and the bucket is full");
+}
+
+#[test]
+fn turning_a_limit_on_counts_the_reservations_already_there() {
+    let mut e = engine(100, PoolRules::default());
+    #[rustfmt::skip]
+    run(&mut e, &[
+        (0, Reserve { id: 1, user: ALICE, qty: 3 }, S::Ok,               1000),
+        (0, Reserve { id: 2, user: ALICE, qty: 2 }, S::Ok,               1000),
+        (1, Confirm { id: 2, user: ALICE },         S::Ok,               0),
+        (2, Rules(PoolRules { max_per_user: 6, ..PoolRules::default() }), S::Ok, 0),
+        (3, Reserve { id: 3, user: ALICE, qty: 2 }, S::UserLimitReached, 0),
+        (3, Reserve { id: 3, user: ALICE, qty: 1 }, S::Ok,               1003),
+        // Turning it off drops the per-user state; on again, counts afresh.
+        (4, Rules(PoolRules::default()),            S::Ok,               0),
+        (4, Reserve { id: 4, user: ALICE, qty: 5 }, S::Ok,               1004),
+        (5, Rules(PoolRules { max_per_user: 6, ..PoolRules::default() }), S::Ok, 0),
+        (5, Reserve { id: 5, user: ALICE, qty: 1 }, S::UserLimitReached, 0),
+    ]);
+    assert_eq!(counted(&e, ALICE), 11);
+}
+
+#[test]
+fn rules_and_user_counts_survive_a_snapshot() {
+    let rules = PoolRules { max_per_user: 3, rate_per_s: 1, burst: 2, ..PoolRules::default() };
+    let mut e = engine(100, rules);
+    #[rustfmt::skip]
+    run(&mut e, &[
+        (0, Reserve { id: 1, user: ALICE, qty: 2 }, S::Ok, 1000),
+        (0, Reserve { id: 2, user: BOB,   qty: 1 }, S::Ok, 1000),
+    ]);
+    let head = e.snapshot_begin();
+    let mut records = Vec::new();
+    while !e.snapshot_chunk(16, &mut records) {}
+    let mut restored = Engine::restore(&head, &records).expect("a consistent snapshot");
+    assert_eq!(restored.pool_info(1).unwrap().rules, rules);
+    assert_eq!(restored.user_state(1, ALICE), e.user_state(1, ALICE));
+    #[rustfmt::skip]
+    run(&mut restored, &[
+        (1, Reserve { id: 3, user: ALICE, qty: 2 }, S::UserLimitReached, 0),
+        (1, Reserve { id: 3, user: ALICE, qty: 1 }, S::RateLimited,      1000),
+    ]);
+}
+
+// ----- many cores ------------------------------------------------------------------------------
+
+const MAX_PER_USER: u64 = 4;
+
+#[derive(Clone, Debug)]
+enum Step {
+    Reserve { user: u8, id: u8, qty: u8 },
+    Confirm { user: u8, id: u8 },
+    Release { user: u8, id: u8 },
+    Deliver { count: u8 },
+    Advance { ms: u16 },
+    ToggleLimit,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        6 => (0..6u8, 0..40u8, 1..4u8).prop_map(|(user, id, qty)| Step::Reserve { user, id, qty }),
+        2 => (0..6u8, 0..40u8).prop_map(|(user, id)| Step::Confirm { user, id }),
+        2 => (0..6u8, 0..40u8).prop_map(|(user, id)| Step::Release { user, id }),
+        4 => (0..10u8).prop_map(|count| Step::Deliver { count }),
+        1 => (0..1500u16).prop_map(|ms| Step::Advance { ms }),
+        1 => Just(Step::ToggleLimit),
+    ]
+}
+
+/// Units user `user` holds and has confirmed in pool 1, from the reservations on every
+/// core (they all live on the user's home core).
+fn units_of(c: &Cluster, user: u128) -> u64 {
+    (1u128..=255)
+        .map(|id| shardcap::protocol::LookupOp { id, user })
+        .filter_map(|op| {
+            let core = home_core(user, c.cores());
+            match c.engines[core as usize].lookup(0, &op) {
+                r if r.status == S::Ok as u8 && r.state == ReservationState::Held as u8 => Some(r.qty as u64),
+                r if r.status == S::Ok as u8 && r.state == ReservationState::Confirmed as u8 => Some(r.qty as u64),
+                _ => None,
+            }
+        })
+        .sum()
+}
+
+proptest! {
+    /// Users race for a small pool spread over 2 or 3 cores, so that shards run dry, borrow
+    /// and park reserves; the limit per user is turned off and on while it happens. While it
+    /// is on, no user ever has more than `MAX_PER_USER` units held and confirmed, and every
+    /// core's per-user counts agree with its reservations.
+    #[test]
+    fn no_user_ever_exceeds_max_per_user(cores in 2..=3u16, steps in prop::collection::vec(step(), 1..150)) {
+        let template = EngineConfig { core: 0, cores, holds_max: 400, parked_max: 64, retention_ms: 100_000, pools_max: 4 };
+        let mut c = Cluster::new(cores, template, T0);
+        let limit = PoolRules { max_per_user: MAX_PER_USER, ..PoolRules::default() };
+        c.create_pool(&request(12, limit)).unwrap();
+        let users: Vec<u128> = (0..6u128).map(|u| 1000 + u).collect();
+        let mut now = T0;
+        let mut limited = true;
+        // How far above the limit each user was (held, confirmed or waiting) when the limit
+        // was last turned on.
+        let mut exempt = [0u64; 6];
+        for s in &steps {
+            match *s {
+                Step::Reserve { user, id, qty } => {
+                    let op = ReserveOp { id: id as u128 + 1, user: users[user as usize], pool: 1, qty: qty as u32, ttl_ms: 0, priority: 0 };
+                    c.submit(now, Command::Reserve(op));
+                }
+                Step::Confirm { user, id } => {
+                    c.submit(now, Command::Confirm(ConfirmOp { id: id as u128 + 1, user: users[user as usize], commit_ref: 1 }));
+                }
+                Step::Release { user, id } => {
+                    c.submit(now, Command::Release(ReleaseOp { id: id as u128 + 1, user: users[user as usize] }));
+                }
+                Step::Deliver { count } => {
+                    for _ in 0..count {
+                        let busy = c.busy_links();
+                        if busy.is_empty() {
+                            break;
+                        }
+                        let (from, to) = busy[(now as usize + count as usize) % busy.len()];
+                        c.deliver(now, from, to);
+                    }
+                }
+                Step::Advance { ms } => {
+                    now += ms as u64;
+                    for core in 0..cores {
+                        c.apply(now, core, Command::Tick);
+                    }
+                }
+                Step::ToggleLimit => {
+                    limited = !limited;
+                    let rules = if limited { limit } else { PoolRules::default() };
+                    for core in 0..cores {
+                        c.apply(now, core, Command::SetPoolRules { pool: 1, rules });
+                    }
+                    // Reserves already held or waiting are not checked again: what a user
+                    // has or waits for when the limit comes on may stay above it.
+                    for (i, &u) in users.iter().enumerate() {
+                        let core = home_core(u, cores) as usize;
+                        let counted = c.engines[core].user_state(1, u).map_or(0, |e| e.counted());
+                        exempt[i] = counted.saturating_sub(MAX_PER_USER);
+                    }
+                }
+            }
+            c.check();
+            for e in &c.engines {
+                e.audit();
+            }
+            if limited {
+                for (i, &u) in users.iter().enumerate() {
+                    let units = units_of(&c, u);
+                    prop_assert!(units <= MAX_PER_USER + exempt[i], "user {} has {} units (limit {})", i, units, MAX_PER_USER);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn adding_a_limit_to_a_rate_counts_afresh_and_a_new_rate_starts_full() {
+    let rate = PoolRules { rate_per_s: 1, burst: 3, ..PoolRules::default() };
+    let mut e = engine(100, rate);
+    #[rustfmt::skip]
+    run(&mut e, &[
+        (0, Reserve { id: 1, user: ALICE, qty: 2 }, S::Ok,               1000),
+        (0, Confirm { id: 1, user: ALICE },         S::Ok,               0),
+        // With a rate alone, confirmed units need not be kept...
+        (0, Rules(PoolRules { max_per_user: 3, ..rate }), S::Ok, 0),
+        // ...so adding a limit counts them from the reservations (2 confirmed).
+        (0, Reserve { id: 2, user: ALICE, qty: 2 }, S::UserLimitReached, 0),
+        (0, Reserve { id: 2, user: ALICE, qty: 1 }, S::Ok,               1000),
+        // A limit alone keeps no bucket; a rate added later starts with a full one (3).
+        (1, Rules(PoolRules { max_per_user: 10, ..PoolRules::default() }), S::Ok, 0),
+        (2, Rules(PoolRules { max_per_user: 10, ..rate }), S::Ok, 0),
+        (2, Reserve { id: 3, user: ALICE, qty: 1 }, S::Ok,               1002),
+        (2, Reserve { id: 4, user: ALICE, qty: 1 }, S::Ok,               1002),
+        (2, Reserve { id: 5, user: ALICE, qty: 1 }, S::Ok,               1002),
+        (2, Reserve { id: 6, user: ALICE, qty: 1 }, S::RateLimited,      1002),
+    ]);
+    assert_eq!(counted(&e, ALICE), 6);
+}
