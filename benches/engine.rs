@@ -67,7 +67,9 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 use support::{Bench, Sizes};
 
-use shardcap::protocol::control::{PoolCreate, PoolKind, PoolRules, SHARD_FLAG_DRAINED, ShardStatus};
+use shardcap::protocol::control::{
+    PoolCreate, PoolKind, PoolRules, RULE_FLAG_TRACK_USERS, SHARD_FLAG_DRAINED, ShardStatus,
+};
 use shardcap::protocol::{
     ConfirmOp, LookupOp, OpResult, RESULT_FLAG_REPEAT, ReleaseOp, ReservationState, ReserveOp, Status, home_core,
 };
@@ -124,6 +126,7 @@ fn reserve_rules(n: u64) -> Duration {
         rate_per_s: 1_000,
         burst: 1_000,
         max_qty: 10,
+        flags: RULE_FLAG_TRACK_USERS,
     };
     let Outcome::Pool(Ok(_)) = e.apply(now, Command::SetPoolRules { pool: POOL, rules }) else { panic!("rules set") };
     let start = Instant::now();

@@ -23,7 +23,8 @@ use serde_json::json;
 use crate::client::{Client, ClientError};
 use crate::config::Config;
 use crate::protocol::control::{
-    PoolCreate, PoolInfo, PoolKind, PoolRef, PoolRules, PoolStatus, SHARD_FLAG_DRAINED, SHARD_FLAG_HOME,
+    PoolCreate, PoolInfo, PoolKind, PoolRef, PoolRules, PoolStatus, RULE_FLAG_TRACK_USERS, SHARD_FLAG_DRAINED,
+    SHARD_FLAG_HOME,
 };
 use crate::protocol::{
     ConfirmOp, ExtendOp, LookupOp, OpResult, RESULT_FLAG_REPEAT, ReleaseOp, ReservationState, ReserveOp, Status,
@@ -62,6 +63,9 @@ pub enum Command {
     Lookup(IdArgs),
     /// Check that the server answers.
     Ping(ClientArgs),
+    /// Users' activity.
+    #[command(subcommand)]
+    User(UserCommand),
     /// Check or print the write-ahead logs of a data directory (offline; never changes it).
     #[command(subcommand)]
     Wal(WalCommand),
@@ -126,6 +130,10 @@ pub struct RulesArgs {
     /// Reserves from this time answer closed: ms since the Unix epoch, or +SECONDS from now.
     #[arg(long, value_parser = parse_time, default_value = "0", hide_default_value = true)]
     pub closes_at: u64,
+    /// Keep every user's activity in the pool (`shardcap user activity`), also without a
+    /// limit or a rate.
+    #[arg(long)]
+    pub track_users: bool,
 }
 
 impl RulesArgs {
@@ -137,6 +145,7 @@ impl RulesArgs {
             rate_per_s: self.rate,
             burst: self.burst,
             max_qty: self.max_qty,
+            flags: if self.track_users { RULE_FLAG_TRACK_USERS } else { 0 },
         }
     }
 }
@@ -170,14 +179,33 @@ fn rules_text(r: &PoolRules) -> String {
     if r.closes_at_ms != 0 {
         parts.push(format!("closes at {} ms", r.closes_at_ms));
     }
+    if r.tracks_users() {
+        parts.push("user activity kept".to_string());
+    }
     parts.join(", ")
 }
 
 fn rules_json(r: &PoolRules) -> serde_json::Value {
     json!({
         "max_per_user": r.max_per_user, "max_qty": r.max_qty, "rate_per_s": r.rate_per_s, "burst": r.burst,
-        "opens_at_ms": r.opens_at_ms, "closes_at_ms": r.closes_at_ms,
+        "opens_at_ms": r.opens_at_ms, "closes_at_ms": r.closes_at_ms, "track_users": r.tracks_users(),
     })
+}
+
+/// `user` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// A user's units held, confirmed, waiting, released and expired and last activity,
+    /// per pool (pools with a limit per user, a rate, or --track-users).
+    Activity {
+        /// User name.
+        user: String,
+        /// Only this pool (name or id).
+        #[arg(long)]
+        pool: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 /// Pool subcommands.
@@ -401,6 +429,7 @@ pub fn run_client(command: Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::Pool(cmd) => pool_command(cmd),
+        Command::User(UserCommand::Activity { user, pool, client }) => user_activity(&user, pool.as_deref(), &client),
         Command::Reserve(args) => reserve(args),
         Command::Confirm(args) => {
             let mut c = connect(&args.target.client)?;
@@ -523,6 +552,45 @@ fn report(
         println!("{}{}", text(r), if repeat { " (repeat: nothing changed)" } else { "" });
     }
     refused_if(status, what)
+}
+
+fn user_activity(user: &str, pool: Option<&str>, client: &ClientArgs) -> Result<(), Failure> {
+    let mut c = connect(client)?;
+    let pool_id = match pool {
+        Some(pool) => resolve_pool(&mut c, pool)?.id,
+        None => 0,
+    };
+    let list = c
+        .user_activity(user_id_from_name(user), pool_id)?
+        .map_err(|s| Failure { code: 1, message: format!("user activity refused: {s}") })?;
+    let names: std::collections::HashMap<u32, String> = c.pool_list()?.into_iter().map(|p| (p.id, p.name)).collect();
+    let name = |id: u32| names.get(&id).cloned().unwrap_or_else(|| id.to_string());
+    if client.json {
+        for a in &list {
+            println!(
+                "{}",
+                json!({"user": user, "pool": name(a.pool), "pool_id": a.pool, "held": a.held, "confirmed": a.confirmed,
+                       "pending": a.pending, "released": a.released, "expired": a.expired,
+                       "last_activity_ms": a.last_activity_ms, "attempts_left": a.attempts_left_milli as f64 / 1000.0})
+            );
+        }
+    } else if list.is_empty() {
+        println!("no activity kept for {user}");
+    } else {
+        for a in &list {
+            println!(
+                "{user} in {}: held {}, confirmed {}, waiting {}, released {}, expired {}; last activity {} s ago",
+                name(a.pool),
+                a.held,
+                a.confirmed,
+                a.pending,
+                a.released,
+                a.expired,
+                now_ms().saturating_sub(a.last_activity_ms) / 1000
+            );
+        }
+    }
+    Ok(())
 }
 
 fn resolve_pool(c: &mut Client, pool: &str) -> Result<PoolInfo, Failure> {

@@ -209,6 +209,10 @@ pub struct PoolConfig {
     /// Default `0`.
     #[serde(default)]
     pub closes_at_ms: u64,
+    /// Keep every user's activity in the pool (also without a limit or a rate). Default
+    /// `false`.
+    #[serde(default)]
+    pub track_users: bool,
 }
 
 fn default_ttl_s() -> u32 {
@@ -238,6 +242,7 @@ impl PoolConfig {
                 rate_per_s: self.rate_per_s,
                 burst: self.burst,
                 max_qty: self.max_qty,
+                flags: if self.track_users { crate::protocol::control::RULE_FLAG_TRACK_USERS } else { 0 },
             },
         }
     }

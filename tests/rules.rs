@@ -383,3 +383,31 @@ fn adding_a_limit_to_a_rate_counts_afresh_and_a_new_rate_starts_full() {
     ]);
     assert_eq!(counted(&e, ALICE), 6);
 }
+
+#[test]
+fn tracked_users_keep_their_activity_for_the_retention_period() {
+    let track = PoolRules { flags: shardcap::protocol::control::RULE_FLAG_TRACK_USERS, ..PoolRules::default() };
+    let mut e = engine(100, track);
+    #[rustfmt::skip]
+    run(&mut e, &[
+        (0,   Reserve { id: 1, user: ALICE, qty: 2 }, S::Ok, 1000),
+        (0,   Reserve { id: 2, user: ALICE, qty: 3 }, S::Ok, 1000),
+        (0,   Reserve { id: 3, user: ALICE, qty: 4 }, S::Ok, 1000),
+        (10,  Confirm { id: 1, user: ALICE },         S::Ok, 0),
+        (20,  Release { id: 2, user: ALICE },         S::Ok, 0),
+        // Hold 3 expires at 1000.
+        (1000, Tick,                                  S::Ok, 0),
+    ]);
+    let a = e.user_activity(ALICE, 1);
+    assert_eq!(a.len(), 1);
+    assert_eq!((a[0].held, a[0].confirmed, a[0].pending, a[0].released, a[0].expired), (0, 2, 0, 3, 4));
+    assert_eq!(a[0].last_activity_ms, T0 + 1000, "the expiry is the last activity");
+    assert_eq!(e.user_activity(ALICE, 0), a, "every pool: the same single pool");
+    assert!(e.user_activity(BOB, 0).is_empty(), "nothing for a user who did nothing");
+    // Without a limit, confirmed units do not keep the entry: it goes RETENTION after the
+    // last activity.
+    run(&mut e, &[(1000 + RETENTION - 1, Tick, S::Ok, 0)]);
+    assert_eq!(e.user_activity(ALICE, 1).len(), 1);
+    run(&mut e, &[(1000 + RETENTION, Tick, S::Ok, 0)]);
+    assert!(e.user_activity(ALICE, 1).is_empty(), "compacted after the retention period");
+}

@@ -183,3 +183,42 @@ impl PoolInfoOf for Client {
         self.pool_status(&PoolRef { id: pool, name: String::new() }).unwrap().unwrap().info
     }
 }
+
+#[test]
+fn user_activity_across_pools_is_answered_from_the_users_home_core() {
+    let config = format!(
+        "{}{}{}",
+        limited_pool("tickets", 100, 4),
+        common::pool("plain", 100),
+        "[[pool]]\nname = \"tracked\"\ncapacity = 100\ntrack_users = true\n"
+    );
+    let server = Server::start(2, &config);
+    let mut c = server.client();
+    let ids: Vec<u32> = ["tickets", "plain", "tracked"].iter().map(|n| c.pool_id(n).unwrap().expect("pool")).collect();
+    // A user on core 1, asked through the shared port and through core 0's port.
+    let user = users_on(1, 2, 1)[0];
+    for (k, &pool) in ids.iter().enumerate() {
+        let base = 100 * (k as u128 + 1);
+        assert_eq!(status_of(&mut c, reserve(base + 1, user, pool, 2)), Status::Ok);
+        assert_eq!(status_of(&mut c, reserve(base + 2, user, pool, 1)), Status::Ok);
+        let r = c.confirm(&[ConfirmOp { id: base + 1, user, commit_ref: 0 }]).unwrap()[0];
+        assert_eq!(r.status, Status::Ok as u8);
+        let r = c.release(&[shardcap::protocol::ReleaseOp { id: base + 2, user }]).unwrap()[0];
+        assert_eq!(r.status, Status::Ok as u8);
+    }
+    let before = now_ms();
+    for mut asker in [server.client(), server.core_client(0)] {
+        let all = asker.user_activity(user, 0).unwrap().unwrap();
+        // The plain pool keeps no per-user state.
+        assert_eq!(all.iter().map(|a| a.pool).collect::<Vec<_>>(), [ids[0], ids[2]]);
+        for a in &all {
+            assert_eq!((a.held, a.confirmed, a.pending, a.released, a.expired), (0, 2, 0, 1, 0), "{a:?}");
+            assert!(a.last_activity_ms <= before && a.last_activity_ms + 60_000 > before, "{a:?}");
+        }
+        let one = asker.user_activity(user, ids[2]).unwrap().unwrap();
+        assert_eq!(one, all[1..]);
+        assert!(asker.user_activity(user, ids[1]).unwrap().unwrap().is_empty());
+        assert!(asker.user_activity(users_on(0, 2, 1)[0], 0).unwrap().unwrap().is_empty());
+    }
+    assert_eq!(c.user_activity(0, 0).unwrap(), Err(Status::InvalidUser));
+}

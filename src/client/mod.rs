@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use crate::protocol::control::{
     self, CoreStats, Hello, PoolCreate, PoolInfo, PoolListRequest, PoolRef, PoolRules, PoolSetActive, PoolSetRules,
-    PoolStatus,
+    PoolStatus, UserActivity, UserActivityRequest,
 };
 use crate::protocol::{
     BatchOp, ConfirmOp, ExtendOp, FLAG_MORE, HEADER_SIZE, Header, LookupOp, LookupResult, OpResult, Opcode, ReleaseOp,
@@ -255,6 +255,20 @@ impl Client {
         PoolSetRules { pool, rules }.encode(&mut body);
         let r = self.call(Opcode::PoolSetRules, 1, &body)?;
         pool_info_answer(&r)
+    }
+
+    /// A user's activity in pool `pool` (0: every pool), by pool id: pools whose rules keep
+    /// per-user state (a limit, a rate, or tracking) and where the user has an entry.
+    pub fn user_activity(&mut self, user: u128, pool: u32) -> Result<Result<Vec<UserActivity>, Status>, ClientError> {
+        let mut body = Vec::new();
+        UserActivityRequest { user, pool }.encode(&mut body);
+        let r = self.call(Opcode::UserActivity, 1, &body)?;
+        Ok(match control_payload(&r)? {
+            Ok(payload) => {
+                Ok(UserActivity::decode_list(payload).map_err(|_| ClientError::Protocol("bad user activity".into()))?)
+            }
+            Err(status) => Err(status),
+        })
     }
 
     /// A pool's status, in total and per core, by id or (with id 0) by name.

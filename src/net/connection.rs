@@ -23,7 +23,8 @@ use futures_lite::{AsyncRead, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use crate::protocol::control::{
-    self, PoolCreate, PoolListRequest, PoolRef, PoolSetActive, PoolSetRules, PoolStatus, ShardStatus, put_prefix,
+    self, PoolCreate, PoolListRequest, PoolRef, PoolSetActive, PoolSetRules, PoolStatus, ShardStatus, UserActivity,
+    UserActivityRequest, put_prefix,
 };
 use crate::protocol::ops::ReservedNotZero;
 use crate::protocol::{
@@ -316,6 +317,25 @@ impl Connection {
                 let change = Command::SetPoolRules { pool: req.pool, rules: req.rules };
                 self.control(opcode, id, move |core| async move {
                     pool_answer(core.rpc(0, RpcReq::ChangePool(change)).await)
+                });
+            }
+            Opcode::UserActivity => {
+                let req = UserActivityRequest::decode(body).map_err(|_| Status::MalformedBody)?;
+                self.control(opcode, id, move |core| async move {
+                    let mut body = Vec::new();
+                    if req.user == 0 {
+                        put_prefix(&mut body, Status::InvalidUser);
+                        return body;
+                    }
+                    let home = crate::protocol::home_core(req.user, core.cores);
+                    match core.rpc(home, RpcReq::UserActivity { user: req.user, pool: req.pool }).await {
+                        RpcResp::Activity(list) => {
+                            put_prefix(&mut body, Status::Ok);
+                            UserActivity::encode_list(&list, &mut body);
+                        }
+                        _ => put_prefix(&mut body, Status::InternalError),
+                    }
+                    body
                 });
             }
             Opcode::ServerStats => self.control(opcode, id, |core| async move {

@@ -138,7 +138,8 @@ impl PoolKind {
 /// field of 0 means "no such rule".
 ///
 /// Layout (40 bytes): max_per_user u64 @0, opens_at_ms u64 @8, closes_at_ms u64 @16,
-/// rate_per_s u32 @24, burst u32 @28, max_qty u32 @32, reserved u32 @36.
+/// rate_per_s u32 @24, burst u32 @28, max_qty u32 @32, flags u32 @36 (`RULE_FLAG_*`; other
+/// bits must be 0).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "server", derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize))]
 pub struct PoolRules {
@@ -154,7 +155,13 @@ pub struct PoolRules {
     pub burst: u32,
     /// Most units one reserve may ask for.
     pub max_qty: u32,
+    /// `RULE_FLAG_*` bits.
+    pub flags: u32,
 }
+
+/// Rule flag: keep every user's activity in the pool (units held, confirmed, released and
+/// expired, last activity), also without a limit or a rate.
+pub const RULE_FLAG_TRACK_USERS: u32 = 1;
 
 impl PoolRules {
     /// Wire size in bytes.
@@ -168,12 +175,12 @@ impl PoolRules {
         out.extend_from_slice(&self.rate_per_s.to_le_bytes());
         out.extend_from_slice(&self.burst.to_le_bytes());
         out.extend_from_slice(&self.max_qty.to_le_bytes());
-        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&self.flags.to_le_bytes());
     }
 
     /// Decodes the first [`Self::SIZE`] bytes of `b`.
     pub fn decode(b: &[u8]) -> Result<Self, Malformed> {
-        if b.len() < Self::SIZE || b[36..40] != [0; 4] {
+        if b.len() < Self::SIZE {
             return Err(Malformed);
         }
         Ok(PoolRules {
@@ -183,12 +190,18 @@ impl PoolRules {
             rate_per_s: u32_at(b, 24),
             burst: u32_at(b, 28),
             max_qty: u32_at(b, 32),
+            flags: u32_at(b, 36),
         })
     }
 
-    /// True if the rules need per-user state (a limit per user or a rate).
+    /// True if the rules need per-user state (a limit per user, a rate, or tracking).
     pub fn per_user(&self) -> bool {
-        self.max_per_user > 0 || self.rate_per_s > 0
+        self.max_per_user > 0 || self.rate_per_s > 0 || self.tracks_users()
+    }
+
+    /// True if every user's activity is kept ([`RULE_FLAG_TRACK_USERS`]).
+    pub fn tracks_users(&self) -> bool {
+        self.flags & RULE_FLAG_TRACK_USERS != 0
     }
 
     /// True if the rules are consistent: a window that opens before it closes, a burst of at
@@ -196,7 +209,119 @@ impl PoolRules {
     pub fn valid(&self) -> bool {
         let window = self.opens_at_ms == 0 || self.closes_at_ms == 0 || self.opens_at_ms < self.closes_at_ms;
         let bucket = (self.rate_per_s == 0) == (self.burst == 0);
-        window && bucket && self.max_qty < 1 << 29
+        window && bucket && self.max_qty < 1 << 29 && self.flags & !RULE_FLAG_TRACK_USERS == 0
+    }
+}
+
+/// Request for a user's activity, answered on the user's home core.
+///
+/// Body (24 bytes): user u128 @0, pool_id u32 @16 (0: every pool), reserved u32 @20.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UserActivityRequest {
+    /// The user.
+    pub user: u128,
+    /// One pool, or 0 for every pool.
+    pub pool: u32,
+}
+
+impl UserActivityRequest {
+    /// Body size in bytes.
+    pub const SIZE: usize = 24;
+
+    /// Appends the body.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.user.to_le_bytes());
+        out.extend_from_slice(&self.pool.to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+    }
+
+    /// Decodes a body.
+    pub fn decode(b: &[u8]) -> Result<Self, Malformed> {
+        if b.len() != Self::SIZE || b[20..24] != [0; 4] {
+            return Err(Malformed);
+        }
+        Ok(UserActivityRequest { user: u128::from_le_bytes(b[0..16].try_into().unwrap()), pool: u32_at(b, 16) })
+    }
+}
+
+/// A user's activity in one pool (pools whose rules keep per-user state).
+///
+/// Layout (64 bytes): pool_id u32 @0, reserved u32 @4, held u64 @8, confirmed u64 @16,
+/// pending u64 @24, released u64 @32, expired u64 @40, last_activity_ms u64 @48,
+/// attempts_left_milli u64 @56 (thousandths of reserve attempts left in a rate-limited pool).
+/// The answer's payload is a count u32 and reserved u32, then the entries by pool id.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UserActivity {
+    /// The pool.
+    pub pool: u32,
+    /// Units in live holds.
+    pub held: u64,
+    /// Units confirmed.
+    pub confirmed: u64,
+    /// Units of reserves waiting for borrowed capacity.
+    pub pending: u64,
+    /// Units released.
+    pub released: u64,
+    /// Units expired.
+    pub expired: u64,
+    /// The user's last operation in the pool, ms since the Unix epoch.
+    pub last_activity_ms: u64,
+    /// Reserve attempts left, in thousandths (rate-limited pools).
+    pub attempts_left_milli: u64,
+}
+
+impl UserActivity {
+    /// Wire size in bytes.
+    pub const SIZE: usize = 64;
+
+    /// Appends the encoding.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.pool.to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        for v in [
+            self.held,
+            self.confirmed,
+            self.pending,
+            self.released,
+            self.expired,
+            self.last_activity_ms,
+            self.attempts_left_milli,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+
+    /// Decodes a payload: count, reserved, entries.
+    pub fn decode_list(b: &[u8]) -> Result<Vec<Self>, Malformed> {
+        if b.len() < 8 {
+            return Err(Malformed);
+        }
+        let count = u32_at(b, 0) as usize;
+        if b.len() != 8 + count * Self::SIZE {
+            return Err(Malformed);
+        }
+        Ok(b[8..]
+            .chunks_exact(Self::SIZE)
+            .map(|e| UserActivity {
+                pool: u32_at(e, 0),
+                held: u64_at(e, 8),
+                confirmed: u64_at(e, 16),
+                pending: u64_at(e, 24),
+                released: u64_at(e, 32),
+                expired: u64_at(e, 40),
+                last_activity_ms: u64_at(e, 48),
+                attempts_left_milli: u64_at(e, 56),
+            })
+            .collect())
+    }
+
+    /// Appends a payload: count, reserved, entries.
+    pub fn encode_list(list: &[Self], out: &mut Vec<u8>) {
+        out.extend_from_slice(&(list.len() as u32).to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        for a in list {
+            a.encode(out);
+        }
     }
 }
 
@@ -695,6 +820,7 @@ mod tests {
         rate_per_s: 10,
         burst: 20,
         max_qty: 6,
+        flags: RULE_FLAG_TRACK_USERS,
     };
 
     #[test]
@@ -703,8 +829,9 @@ mod tests {
         PoolSetRules { pool: 9, rules: RULES }.encode(&mut b);
         assert_eq!(b.len(), PoolSetRules::SIZE);
         assert_eq!(PoolSetRules::decode(&b), Ok(PoolSetRules { pool: 9, rules: RULES }));
-        b[44] = 1; // the reserved word of the rules
-        assert_eq!(PoolSetRules::decode(&b), Err(Malformed));
+        b[44] = 2; // an unknown rule flag
+        let unknown = PoolSetRules::decode(&b).expect("decodes");
+        assert!(!unknown.rules.valid(), "unknown flags are refused as invalid rules");
         assert!(RULES.valid() && RULES.per_user() && PoolRules::default().valid());
         assert!(!PoolRules::default().per_user());
         assert!(!PoolRules { closes_at_ms: RULES.opens_at_ms, ..RULES }.valid(), "a window that never opens");

@@ -2,7 +2,9 @@
 //! header field against the limits before the body has even arrived, so that an oversize or
 //! malformed frame is refused at once and a partial frame simply waits for its bytes.
 
-use super::control::{POOL_NAME_MAX_BYTES, PoolCreate, PoolListRequest, PoolSetActive, PoolSetRules};
+use super::control::{
+    POOL_NAME_MAX_BYTES, PoolCreate, PoolListRequest, PoolSetActive, PoolSetRules, UserActivityRequest,
+};
 use super::header::{HEADER_SIZE, Header, MAGIC, Opcode, VERSION, decode_header};
 use super::status::Status;
 
@@ -86,6 +88,7 @@ pub fn next_frame(buf: &[u8], limits: &FrameLimits) -> Result<Option<(Header, us
         Opcode::PoolList => count == 1 && body_len == PoolListRequest::SIZE,
         Opcode::PoolSetActive => count == 1 && body_len == PoolSetActive::SIZE,
         Opcode::PoolSetRules => count == 1 && body_len == PoolSetRules::SIZE,
+        Opcode::UserActivity => count == 1 && body_len == UserActivityRequest::SIZE,
         _ => {
             let size = opcode.request_record_size().expect("batchable opcode");
             count >= 1 && body_len == count * size

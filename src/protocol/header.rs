@@ -43,6 +43,8 @@ pub enum Opcode {
     PoolSetActive = 0x23,
     /// Replace a pool's rules.
     PoolSetRules = 0x24,
+    /// A user's activity in one pool or every pool.
+    UserActivity = 0x25,
     /// Per-core counters.
     ServerStats = 0x30,
     /// Response only: a frame-level error; the body is a UTF-8 message.
@@ -65,6 +67,7 @@ impl Opcode {
             0x22 => Opcode::PoolList,
             0x23 => Opcode::PoolSetActive,
             0x24 => Opcode::PoolSetRules,
+            0x25 => Opcode::UserActivity,
             0x30 => Opcode::ServerStats,
             0xFF => Opcode::Error,
             _ => return None,
@@ -109,6 +112,7 @@ impl Opcode {
             Opcode::PoolList => "pool_list",
             Opcode::PoolSetActive => "pool_set_active",
             Opcode::PoolSetRules => "pool_set_rules",
+            Opcode::UserActivity => "user_activity",
             Opcode::ServerStats => "server_stats",
             Opcode::Error => "error",
         }

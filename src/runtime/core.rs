@@ -498,6 +498,11 @@ impl CoreRuntime {
             }
             RpcReq::Lookup(op) => RpcResp::Lookup(self.engine.borrow().lookup(now, &op)),
             RpcReq::Stats => RpcResp::Stats(self.stats()),
+            RpcReq::UserActivity { user, pool } => {
+                // Expire what is due first, so the activity shows what is really held.
+                self.tick();
+                RpcResp::Activity(self.engine.borrow().user_activity(user, pool))
+            }
             RpcReq::ApplyCreate(def) => {
                 self.apply(now, Command::CreatePool(def));
                 self.catalog_durable().await;

@@ -42,7 +42,7 @@ use super::pool::{Bank, BankMode, Demand, POOL_CAPACITY_MAX, Parked, PoolDef, Po
 use super::snapshot::{DemandSnap, LinkSnap, MsgSnap, ParkedSnap, PoolSnap, SNAPSHOT_FORMAT, SnapshotHead};
 use super::users::{Refusal, UserPool, UserState, Users};
 use super::wheel::TimerWheel;
-use crate::protocol::control::{PoolCreate, PoolInfo, PoolKind, PoolRules, ShardStatus, valid_pool_name};
+use crate::protocol::control::{PoolCreate, PoolInfo, PoolKind, PoolRules, ShardStatus, UserActivity, valid_pool_name};
 use crate::protocol::{
     ConfirmOp, ExtendOp, LookupOp, LookupResult, OpResult, RESULT_FLAG_REPEAT, ReleaseOp, ReservationState, ReserveOp,
     Status,
@@ -289,7 +289,7 @@ impl Engine {
             pools: Vec::new(),
             names: HashMap::new(),
             holds: HoldTable::with_capacity(cfg.holds_max),
-            users: Users::default(),
+            users: Users::with_retention(cfg.retention_ms),
             wheel: TimerWheel::new(now_ms),
             outbox: Vec::new(),
             links: vec![Link::default(); cfg.cores as usize],
@@ -379,6 +379,7 @@ impl Engine {
     fn set_limits(&mut self, cfg: EngineConfig) {
         assert_eq!((cfg.core, cfg.cores), (self.cfg.core, self.cfg.cores), "a core keeps its place");
         self.holds.set_capacity(cfg.holds_max);
+        self.users.retention_ms = cfg.retention_ms;
         self.cfg = cfg;
     }
 
@@ -488,26 +489,34 @@ impl Engine {
         let pool = self.pools[p].def.id;
         let rules = self.pools[p].def.rules;
         let mut by_user: HashMap<u128, UserState> = HashMap::new();
-        let mut counts: Vec<(u128, u64, u64, u64)> = Vec::new();
+        // [held, confirmed, pending, released, expired] of each reservation.
+        let mut counts: Vec<(u128, [u64; 5])> = Vec::new();
         for (_, h) in self.holds.iter().filter(|(_, h)| h.pool() == pool) {
-            match h.state() {
-                ReservationState::Held => counts.push((h.user(), h.qty() as u64, 0, 0)),
-                ReservationState::Confirmed => counts.push((h.user(), 0, h.qty() as u64, 0)),
-                _ => {}
-            }
+            let q = h.qty() as u64;
+            let units = match h.state() {
+                ReservationState::Held => [q, 0, 0, 0, 0],
+                ReservationState::Confirmed => [0, q, 0, 0, 0],
+                ReservationState::Released => [0, 0, 0, q, 0],
+                ReservationState::Expired => [0, 0, 0, 0, q],
+                ReservationState::None => continue,
+            };
+            counts.push((h.user(), units));
         }
         for w in &self.pools[p].shard.waiting {
-            counts.push((w.op.user, 0, 0, w.op.qty as u64));
+            counts.push((w.op.user, [0, 0, w.op.qty as u64, 0, 0]));
         }
-        for (user, held, confirmed, pending) in counts {
+        for (user, [held, confirmed, pending, released, expired]) in counts {
             let e = by_user.entry(user).or_insert_with(|| UserState {
                 tokens_milli: rules.burst as u64 * 1000,
                 tokens_at_ms: self.last_now_ms,
+                last_ms: self.last_now_ms,
                 ..UserState::default()
             });
             e.held += held;
             e.confirmed += confirmed;
             e.pending += pending;
+            e.released += released;
+            e.expired += expired;
         }
         by_user.into_iter().map(|(user, state)| UserPool { pool, user, state }).collect()
     }
@@ -581,18 +590,18 @@ impl Engine {
         let home = self.is_home(p);
         if home && self.pools[p].bank.mode == BankMode::Drained {
             // Every free unit of the pool is here: this is the whole pool's answer.
-            self.count_user(now_ms, p, op.user, [-(op.qty as i64), 0, 0]);
+            self.count_user(now_ms, p, op.user, [-(op.qty as i64), 0, 0, 0, 0]);
             return Reply::Done(self.sold_out(p));
         }
         if self.parked_total >= self.cfg.parked_max {
-            self.count_user(now_ms, p, op.user, [-(op.qty as i64), 0, 0]);
+            self.count_user(now_ms, p, op.user, [-(op.qty as i64), 0, 0, 0, 0]);
             return Reply::Done(OpResult::status(Status::Busy));
         }
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         self.pools[p].shard.waiting.push_back(Parked { ticket, op: *op, asked: false });
         self.parked_total += 1;
-        self.count_user(now_ms, p, op.user, [-(op.qty as i64), 0, op.qty as i64]);
+        self.count_user(now_ms, p, op.user, [-(op.qty as i64), 0, op.qty as i64, 0, 0]);
         if home {
             self.pools[p].bank.queue.push_back(Demand { from: self.cfg.core, ticket, need: op.qty as u64 });
             if self.pools[p].bank.mode == BankMode::Normal {
@@ -680,9 +689,9 @@ impl Engine {
         }
     }
 
-    /// Adds held, confirmed and pending units to a user's entry in pool `p`, if the pool's
-    /// rules keep per-user state.
-    fn count_user(&mut self, now_ms: u64, p: usize, user: u128, delta: [i64; 3]) {
+    /// Adds held, confirmed, pending, released and expired units to a user's entry in pool
+    /// `p`, if the pool's rules keep per-user state.
+    fn count_user(&mut self, now_ms: u64, p: usize, user: u128, delta: [i64; 5]) {
         let def = &self.pools[p].def;
         if def.rules.per_user() {
             self.users.add(&def.rules, def.id, user, now_ms, delta);
@@ -692,6 +701,29 @@ impl Engine {
     /// A user's entry in a pool with per-user rules (for tests and queries).
     pub fn user_state(&self, pool: u32, user: u128) -> Option<UserState> {
         self.users.get(pool, user)
+    }
+
+    /// A user's activity in pool `pool`, or in every pool for 0, by pool id: the pools whose
+    /// rules keep per-user state and where the user has an entry on this core (the user's
+    /// home core has them all).
+    pub fn user_activity(&self, user: u128, pool: u32) -> Vec<UserActivity> {
+        let pools = if pool == 0 { 1..=self.pools.len() as u32 } else { pool..=pool };
+        pools
+            .filter_map(|id| {
+                let e = self.users.get(id, user)?;
+                let rate = self.pool_index(id).is_some_and(|p| self.pools[p].def.rules.rate_per_s > 0);
+                Some(UserActivity {
+                    pool: id,
+                    held: e.held,
+                    confirmed: e.confirmed,
+                    pending: e.pending,
+                    released: e.released,
+                    expired: e.expired,
+                    last_activity_ms: e.last_ms,
+                    attempts_left_milli: if rate { e.tokens_milli } else { 0 },
+                })
+            })
+            .collect()
     }
 
     /// Decides a reserve against this shard alone: done (held, or refused by a precheck),
@@ -776,7 +808,7 @@ impl Engine {
                 let shard = &mut self.pools[p].shard;
                 shard.held -= h.qty() as u64;
                 shard.confirmed += h.qty() as u64;
-                self.count_user(now_ms, p, h.user(), [-(h.qty() as i64), h.qty() as i64, 0]);
+                self.count_user(now_ms, p, h.user(), [-(h.qty() as i64), h.qty() as i64, 0, 0, 0]);
                 self.finish(now_ms, slot, ReservationState::Confirmed);
                 self.holds.set_commit_ref(slot, op.commit_ref);
                 self.result_of(slot, Status::Ok)
@@ -891,7 +923,9 @@ impl Engine {
         let h = *self.holds.get(slot);
         let p = self.pool_index(h.pool()).expect("hold of a known pool");
         self.pools[p].shard.held -= h.qty() as u64;
-        self.count_user(now_ms, p, h.user(), [-(h.qty() as i64), 0, 0]);
+        let q = h.qty() as i64;
+        let delta = if state == ReservationState::Expired { [-q, 0, 0, 0, q] } else { [-q, 0, 0, q, 0] };
+        self.count_user(now_ms, p, h.user(), delta);
         self.finish(now_ms, slot, state);
         p
     }
@@ -980,7 +1014,7 @@ impl Engine {
     fn left_line(&mut self, now_ms: u64, p: usize, op: &ReserveOp, result: &OpResult) {
         let took = result.status == Status::Ok as u8 && result.flags & RESULT_FLAG_REPEAT == 0;
         let qty = op.qty as i64;
-        self.count_user(now_ms, p, op.user, [if took { qty } else { 0 }, 0, -qty]);
+        self.count_user(now_ms, p, op.user, [if took { qty } else { 0 }, 0, -qty, 0, 0]);
     }
 
     /// Serves the waiting line in order while it fits, then asks for what is missing (or,
@@ -1458,7 +1492,7 @@ impl Engine {
             }
         }
         e.next_ticket = head.next_ticket;
-        e.users = Users::restore(&head.users);
+        e.users = Users::restore(&head.users, head.retention_ms);
         let [operations, borrow_messages, expirations] = head.stats;
         e.stats = EngineStats { operations, borrow_messages, expirations };
         for r in records {

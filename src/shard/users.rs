@@ -5,9 +5,10 @@
 //! between users).
 //!
 //! An entry is kept while the user has units held, pending (a reserve waiting for
-//! borrowed units) or, in a pool with a limit per user, confirmed; and, in a pool with a
-//! rate, until the user's bucket is full again. Then it is dropped (compacted): an idle
-//! user costs nothing.
+//! borrowed units) or, in a pool with a limit per user, confirmed; in a pool with a rate,
+//! until the user's bucket is full again; and in a pool that tracks users, for the
+//! retention period after the user's last operation. Then it is dropped (compacted): an
+//! idle user costs nothing.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -39,6 +40,12 @@ pub struct UserState {
     pub confirmed: u64,
     /// Units of reserves waiting for borrowed capacity.
     pub pending: u64,
+    /// Units released (while the entry lives).
+    pub released: u64,
+    /// Units expired (while the entry lives).
+    pub expired: u64,
+    /// The user's last operation in the pool, ms.
+    pub last_ms: u64,
     /// Reserve attempts left, in thousandths (token bucket).
     pub tokens_milli: u64,
     /// When `tokens_milli` was last brought up to date, ms.
@@ -78,13 +85,15 @@ impl UserState {
 /// memory).
 pub struct Users {
     map: HashMap<(u32, u128), UserState, DefaultHashBuilder, HugeAlloc>,
+    /// How long an idle user's activity is kept in a pool that tracks users, ms.
+    pub retention_ms: u64,
     /// (due, pool, user): entries to look at again once their bucket is full.
     sweep: BinaryHeap<Reverse<(u64, u32, u128)>>,
 }
 
 impl Default for Users {
     fn default() -> Self {
-        Users { map: HashMap::with_hasher_in(DefaultHashBuilder::default(), HugeAlloc), sweep: BinaryHeap::new() }
+        Users::with_retention(0)
     }
 }
 
@@ -98,6 +107,15 @@ pub enum Refusal {
 }
 
 impl Users {
+    /// No entries; an idle user's activity is kept `retention_ms` in pools that track users.
+    pub fn with_retention(retention_ms: u64) -> Users {
+        Users {
+            map: HashMap::with_hasher_in(DefaultHashBuilder::default(), HugeAlloc),
+            retention_ms,
+            sweep: BinaryHeap::new(),
+        }
+    }
+
     /// The entry of `user` in `pool`, if any.
     pub fn get(&self, pool: u32, user: u128) -> Option<UserState> {
         self.map.get(&(pool, user)).copied()
@@ -132,6 +150,7 @@ impl Users {
     /// pending if the reserve waits, or takes them back if it is refused for capacity.
     pub fn attempt(&mut self, rules: &PoolRules, pool: u32, user: u128, qty: u64, now_ms: u64) -> Result<(), Refusal> {
         let e = self.entry(pool, user, rules, now_ms);
+        e.last_ms = e.last_ms.max(now_ms);
         let mut refusal = None;
         if rules.rate_per_s > 0 {
             e.refill(rules, now_ms);
@@ -157,14 +176,17 @@ impl Users {
         }
     }
 
-    /// Adds `held`, `confirmed` and `pending` units (negative: removes) to an entry and
-    /// drops it if it is idle.
-    pub fn add(&mut self, rules: &PoolRules, pool: u32, user: u128, now_ms: u64, delta: [i64; 3]) {
+    /// Adds units to an entry (negative: removes), `delta` = [held, confirmed, pending,
+    /// released, expired], and drops it if it is idle.
+    pub fn add(&mut self, rules: &PoolRules, pool: u32, user: u128, now_ms: u64, delta: [i64; 5]) {
         let e = self.entry(pool, user, rules, now_ms);
         let apply = |v: &mut u64, d: i64| *v = v.checked_add_signed(d).expect("user counts never go below zero");
         apply(&mut e.held, delta[0]);
         apply(&mut e.confirmed, delta[1]);
         apply(&mut e.pending, delta[2]);
+        apply(&mut e.released, delta[3]);
+        apply(&mut e.expired, delta[4]);
+        e.last_ms = e.last_ms.max(now_ms);
         if delta.iter().any(|&d| d < 0) {
             self.settle(rules, pool, user, now_ms);
         }
@@ -178,7 +200,8 @@ impl Users {
             return;
         }
         e.refill(rules, now_ms);
-        let full_at = e.full_at(rules);
+        let kept_until = if rules.tracks_users() { e.last_ms + self.retention_ms } else { 0 };
+        let full_at = e.full_at(rules).max(kept_until);
         if full_at <= now_ms {
             self.map.remove(&(pool, user));
         } else if e.sweep_at_ms == 0 {
@@ -222,8 +245,8 @@ impl Users {
     }
 
     /// Rebuilds from a snapshot's entries.
-    pub fn restore(entries: &[UserPool]) -> Users {
-        let mut users = Users::default();
+    pub fn restore(entries: &[UserPool], retention_ms: u64) -> Users {
+        let mut users = Users::with_retention(retention_ms);
         for e in entries {
             users.insert(*e);
         }
@@ -268,7 +291,7 @@ mod tests {
         let r = rules(0, 10, 2);
         let mut u = Users::default();
         u.attempt(&r, 1, 7, 1, T0).unwrap();
-        u.add(&r, 1, 7, T0, [-1, 0, 0]); // refused for capacity after all
+        u.add(&r, 1, 7, T0, [-1, 0, 0, 0, 0]); // refused for capacity after all
         assert_eq!(u.len(), 1, "kept while the bucket refills");
         u.sweep(T0 + 99, |_| Some(r));
         assert_eq!(u.len(), 1);
@@ -279,11 +302,11 @@ mod tests {
         u.attempt(&limit, 1, 7, 3, T0).unwrap();
         assert_eq!(u.get(1, 7).map(|e| e.held), Some(3), "an admitted attempt counts as held");
         assert_eq!(u.attempt(&limit, 1, 7, 2, T0), Err(Refusal::Limit));
-        u.add(&limit, 1, 7, T0, [-3, 3, 0]);
+        u.add(&limit, 1, 7, T0, [-3, 3, 0, 0, 0]);
         assert_eq!(u.get(1, 7).map(|e| e.counted()), Some(3), "confirmed units count");
-        u.add(&limit, 1, 7, T0, [0, 0, 1]);
+        u.add(&limit, 1, 7, T0, [0, 0, 1, 0, 0]);
         assert_eq!(u.attempt(&limit, 1, 7, 1, T0), Err(Refusal::Limit), "pending units count");
-        u.add(&limit, 1, 7, T0, [0, 0, -1]);
+        u.add(&limit, 1, 7, T0, [0, 0, -1, 0, 0]);
         assert_eq!(u.attempt(&limit, 1, 7, 1, T0), Ok(()));
     }
 }

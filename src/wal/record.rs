@@ -297,7 +297,15 @@ mod tests {
         let id = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210u128;
         let user = u128::MAX - 7;
         let peer = |seq, msg| Command::Peer { from: 2, seq, msg };
-        let rules = PoolRules { max_per_user: 4, opens_at_ms: 1, closes_at_ms: 2, rate_per_s: 3, burst: 5, max_qty: 6 };
+        let rules = PoolRules {
+            max_per_user: 4,
+            opens_at_ms: 1,
+            closes_at_ms: 2,
+            rate_per_s: 3,
+            burst: 5,
+            max_qty: 6,
+            flags: 1,
+        };
         vec![
             (Command::Reserve(ReserveOp { id, user, pool: 3, qty: 7, ttl_ms: 60_000, priority: 9 }), 16 + 9 + 48),
             (Command::Confirm(ConfirmOp { id, user, commit_ref: 0xfeed }), 16 + 9 + 48),

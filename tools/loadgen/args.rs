@@ -182,6 +182,9 @@ pub struct Args {
     /// day after it (checked on every reserve, never refusing).
     #[arg(long)]
     pub window: bool,
+    /// Rule of each created pool: keep every user's activity.
+    #[arg(long)]
+    pub track_users: bool,
     /// Measured run time in seconds, after the warmup.
     #[arg(long, default_value_t = 10.0)]
     pub duration_s: f64,
@@ -307,6 +310,7 @@ impl Plan {
                     rate_per_s: args.user_rate,
                     burst: args.user_burst,
                     max_qty: args.max_qty,
+                    flags: if args.track_users { shardcap::protocol::control::RULE_FLAG_TRACK_USERS } else { 0 },
                 }
             },
             duration_s: args.duration_s,
