@@ -127,6 +127,8 @@ fn reserve_rules(n: u64) -> Duration {
         burst: 1_000,
         max_qty: 10,
         flags: RULE_FLAG_TRACK_USERS,
+        kept_permille: 0,
+        priority_min: 0,
     };
     let Outcome::Pool(Ok(_)) = e.apply(now, Command::SetPoolRules { pool: POOL, rules }) else { panic!("rules set") };
     let start = Instant::now();

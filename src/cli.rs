@@ -134,6 +134,12 @@ pub struct RulesArgs {
     /// limit or a rate.
     #[arg(long)]
     pub track_users: bool,
+    /// Thousandths of the capacity kept for reserves of priority --priority-min or more.
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
+    pub kept_permille: u16,
+    /// The lowest reserve priority that may take the kept units.
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
+    pub priority_min: u8,
 }
 
 impl RulesArgs {
@@ -146,6 +152,8 @@ impl RulesArgs {
             burst: self.burst,
             max_qty: self.max_qty,
             flags: if self.track_users { RULE_FLAG_TRACK_USERS } else { 0 },
+            kept_permille: self.kept_permille,
+            priority_min: self.priority_min,
         }
     }
 }
@@ -182,6 +190,9 @@ fn rules_text(r: &PoolRules) -> String {
     if r.tracks_users() {
         parts.push("user activity kept".to_string());
     }
+    if r.kept_permille != 0 {
+        parts.push(format!("{}‰ kept for priority {} and up", r.kept_permille, r.priority_min));
+    }
     parts.join(", ")
 }
 
@@ -189,6 +200,7 @@ fn rules_json(r: &PoolRules) -> serde_json::Value {
     json!({
         "max_per_user": r.max_per_user, "max_qty": r.max_qty, "rate_per_s": r.rate_per_s, "burst": r.burst,
         "opens_at_ms": r.opens_at_ms, "closes_at_ms": r.closes_at_ms, "track_users": r.tracks_users(),
+        "kept_permille": r.kept_permille, "priority_min": r.priority_min,
     })
 }
 
@@ -323,6 +335,10 @@ pub struct ReserveArgs {
     /// Reservation id (UUID); default: a random one. Repeating an id is idempotent.
     #[arg(long)]
     pub id: Option<String>,
+    /// Priority of the request (0-255): at the pool's `priority_min` or above it may take
+    /// the units the pool keeps for priority requests.
+    #[arg(long, default_value_t = 0)]
+    pub priority: u8,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -615,7 +631,8 @@ fn reserve(args: ReserveArgs) -> Result<(), Failure> {
         Some(s) => s.checked_mul(1000).ok_or_else(|| usage("--ttl-s is too large"))?,
         None => 0,
     };
-    let op = ReserveOp { id, user: user_id_from_name(&args.user), pool: pool.id, qty: args.qty, ttl_ms, priority: 0 };
+    let user = user_id_from_name(&args.user);
+    let op = ReserveOp { id, user, pool: pool.id, qty: args.qty, ttl_ms, priority: args.priority };
     let r = c.reserve(&[op])?[0];
     report(&args.client, "reserve", id, &r, |r| {
         format!(
@@ -1013,9 +1030,15 @@ fn command_fields(command: &crate::shard::Command) -> (&'static str, Vec<(&'stat
             let mut fields = vec![("from", json!(from)), ("seq", json!(seq))];
             let ticket = |t: Option<u64>| t.map_or(serde_json::Value::Null, |t| json!(t));
             let (name, rest) = match *msg {
-                PeerMsg::Borrow { pool, need, ticket: t } => {
-                    ("borrow", vec![("pool", json!(pool)), ("need", json!(need)), ("ticket", ticket(t))])
-                }
+                PeerMsg::Borrow { pool, need, ticket: t, priority } => (
+                    "borrow",
+                    vec![
+                        ("pool", json!(pool)),
+                        ("need", json!(need)),
+                        ("ticket", ticket(t)),
+                        ("priority", json!(priority)),
+                    ],
+                ),
                 PeerMsg::Grant { pool, units, ticket: t } => {
                     ("grant", vec![("pool", json!(pool)), ("units", json!(units)), ("ticket", ticket(t))])
                 }

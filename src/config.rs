@@ -213,6 +213,13 @@ pub struct PoolConfig {
     /// `false`.
     #[serde(default)]
     pub track_users: bool,
+    /// Rule: thousandths of the capacity kept for reserves of priority `priority_min` or
+    /// more (0..=1000). Default `0`.
+    #[serde(default)]
+    pub kept_permille: u16,
+    /// Rule: the lowest reserve priority that may take the kept units. Default `0`.
+    #[serde(default)]
+    pub priority_min: u8,
 }
 
 fn default_ttl_s() -> u32 {
@@ -243,6 +250,8 @@ impl PoolConfig {
                 burst: self.burst,
                 max_qty: self.max_qty,
                 flags: if self.track_users { crate::protocol::control::RULE_FLAG_TRACK_USERS } else { 0 },
+                kept_permille: self.kept_permille,
+                priority_min: self.priority_min,
             },
         }
     }

@@ -557,16 +557,16 @@ fn reserved_bytes_in_records() {
 fn pool_create_name_not_utf8() {
     let server = start();
     // capacity u64 @0, hold_ttl_ms_default u32 @8, hold_ttl_ms_max u32 @12, kind u8 @16,
-    // active u8 @17, name_len u8 @18, reserved 5 bytes @19, rules 40 bytes @24, name @64.
+    // active u8 @17, name_len u8 @18, reserved 5 bytes @19, rules 48 bytes @24, name @72.
     let name = [b'p', 0xFF, 0xFE, b'q'];
     let mut body = Vec::new();
     body.extend_from_slice(&100u64.to_le_bytes());
     body.extend_from_slice(&60_000u32.to_le_bytes());
     body.extend_from_slice(&120_000u32.to_le_bytes());
     body.extend_from_slice(&[0, 1, name.len() as u8, 0, 0, 0, 0, 0]);
-    body.extend_from_slice(&[0; 40]);
+    body.extend_from_slice(&[0; 48]);
     body.extend_from_slice(&name);
-    assert_eq!(body.len(), 64 + name.len());
+    assert_eq!(body.len(), 72 + name.len());
     refused(&server, &frame(OP_POOL_CREATE, 81, 1, &body), Status::MalformedBody, 81, Some(MSG_MALFORMED_BODY), "name");
     // No pool was created.
     let mut c = client(server.addr);

@@ -411,3 +411,140 @@ fn tracked_users_keep_their_activity_for_the_retention_period() {
     run(&mut e, &[(1000 + RETENTION, Tick, S::Ok, 0)]);
     assert!(e.user_activity(ALICE, 1).is_empty(), "compacted after the retention period");
 }
+
+// ----- priority: a kept share ------------------------------------------------------------------
+
+/// Reserves `qty` units for `user` with `priority` on the user's home core, lets every
+/// message be delivered, and answers the status.
+fn reserve_settled(c: &mut Cluster, now: u64, id: u128, user: u128, qty: u32, priority: u8) -> S {
+    let op = ReserveOp { id, user, pool: 1, qty, ttl_ms: 0, priority };
+    let core = home_core(user, c.cores());
+    let Outcome::Reserve(reply) = c.submit(now, Command::Reserve(op)) else { panic!("a reserve answers a reply") };
+    c.settle(now, |n| n - 1);
+    let r = c.reserve_result(core, reply).expect("decided once every message is delivered");
+    S::from_u8(r.status).expect("known status")
+}
+
+#[test]
+fn general_reserves_leave_the_kept_share_to_priority_reserves_on_every_core() {
+    // 100 units, 10 kept for priority 5 and up; 2 cores, the home core is core 1.
+    let kept = PoolRules { kept_permille: 100, priority_min: 5, ..PoolRules::default() };
+    let template =
+        EngineConfig { core: 0, cores: 2, holds_max: 400, parked_max: 64, retention_ms: RETENTION, pools_max: 4 };
+    let mut c = Cluster::new(2, template, T0);
+    let info = c.create_pool(&request(100, kept)).unwrap();
+    assert_eq!(info.home_core, 1);
+    let caps: Vec<u64> = c.shards(1).iter().map(|s| s.capacity).collect();
+    assert_eq!(caps, [45, 55], "the home core starts with the kept units on top of its even share");
+
+    let users: Vec<u128> = (1u128..)
+        .filter(|&u| home_core(u, 2) == 0)
+        .take(2)
+        .chain((1u128..).filter(|&u| home_core(u, 2) == 1).take(2))
+        .collect();
+    // General users on both cores take 3 units at a time until sold out.
+    let mut id = 0;
+    let mut general = 0;
+    for round in 0..100 {
+        let user = users[round % 4];
+        id += 1;
+        match reserve_settled(&mut c, T0, id, user, 3, 0) {
+            S::Ok => general += 3,
+            S::SoldOut => break,
+            other => panic!("general reserve {id}: {other:?}"),
+        }
+    }
+    // 90 general units: 30 reserves of 3. A last unit would take a kept one.
+    assert_eq!(general, 90);
+    id += 1;
+    assert_eq!(reserve_settled(&mut c, T0, id, users[0], 1, 4), S::SoldOut, "priority 4 is below the kept share's");
+    assert_eq!(c.totals(1), (90, 0, 10));
+    // Priority users get the kept units on either core: 4 on core 0 (borrowed from the
+    // home core), 6 on core 1.
+    id += 1;
+    assert_eq!(reserve_settled(&mut c, T0, id, users[1], 4, 5), S::Ok);
+    id += 1;
+    assert_eq!(reserve_settled(&mut c, T0, id, users[2], 6, 9), S::Ok);
+    id += 1;
+    assert_eq!(reserve_settled(&mut c, T0, id, users[3], 1, 9), S::SoldOut, "the whole pool is taken");
+    assert_eq!(c.totals(1), (100, 0, 0));
+    c.check();
+}
+
+#[derive(Clone, Debug)]
+enum PStep {
+    Reserve { user: u8, qty: u8, priority: bool },
+    ReleaseGeneral { nth: u8 },
+    Deliver { count: u8 },
+}
+
+fn pstep() -> impl Strategy<Value = PStep> {
+    prop_oneof![
+        6 => (0..8u8, 1..4u8, any::<bool>()).prop_map(|(user, qty, priority)| PStep::Reserve { user, qty, priority }),
+        1 => (0..64u8).prop_map(|nth| PStep::ReleaseGeneral { nth }),
+        4 => (0..12u8).prop_map(|count| PStep::Deliver { count }),
+    ]
+}
+
+proptest! {
+    /// General and priority reserves race for a pool with a kept share on 2 or 3 cores
+    /// (shards run dry, borrow, recall); general holds are released now and then. At every
+    /// step the general reserves hold at most capacity - kept units, and the invariants of
+    /// every core hold. (Priority holds are not released here: a priority hold released on
+    /// a core other than the home core while the pool is not drained frees its units on
+    /// that core, where a general reserve may take them; see PROTOCOL.md 6.7.)
+    #[test]
+    fn general_reserves_never_take_the_kept_share(
+        cores in 2..=3u16,
+        capacity in 10..60u64,
+        permille in 1..=500u16,
+        steps in prop::collection::vec(pstep(), 1..200),
+    ) {
+        let rules = PoolRules { kept_permille: permille, priority_min: 1, ..PoolRules::default() };
+        let template = EngineConfig { core: 0, cores, holds_max: 400, parked_max: 64, retention_ms: RETENTION, pools_max: 4 };
+        let mut c = Cluster::new(cores, template, T0);
+        c.create_pool(&request(capacity, rules)).unwrap();
+        let kept = rules.kept_units(capacity);
+        let users: Vec<u128> = (0..8u128).map(|u| 500 + u).collect();
+        // General reservations: (id, user, qty).
+        let mut general: Vec<(u128, u128, u64)> = Vec::new();
+        let mut next_id = 0u128;
+        for s in &steps {
+            match *s {
+                PStep::Reserve { user, qty, priority } => {
+                    next_id += 1;
+                    let op = ReserveOp { id: next_id, user: users[user as usize], pool: 1, qty: qty as u32, ttl_ms: 0, priority: priority as u8 };
+                    c.submit(T0, Command::Reserve(op));
+                    if !priority {
+                        general.push((next_id, users[user as usize], qty as u64));
+                    }
+                }
+                PStep::ReleaseGeneral { nth } => {
+                    if let Some(&(id, user, _)) = general.get(nth as usize) {
+                        c.submit(T0, Command::Release(ReleaseOp { id, user }));
+                    }
+                }
+                PStep::Deliver { count } => {
+                    for _ in 0..count {
+                        let busy = c.busy_links();
+                        if busy.is_empty() {
+                            break;
+                        }
+                        let (from, to) = busy[(next_id as usize + count as usize) % busy.len()];
+                        c.deliver(T0, from, to);
+                    }
+                }
+            }
+            c.check();
+            let held: u64 = general
+                .iter()
+                .map(|&(id, user, qty)| {
+                    let core = home_core(user, cores) as usize;
+                    let r = c.engines[core].lookup(T0, &shardcap::protocol::LookupOp { id, user });
+                    if r.status == S::Ok as u8 && r.state == ReservationState::Held as u8 { qty } else { 0 }
+                })
+                .sum();
+            prop_assert!(held <= capacity - kept, "general reserves hold {} of {} units, {} kept", held, capacity, kept);
+        }
+    }
+}

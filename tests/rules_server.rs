@@ -222,3 +222,50 @@ fn user_activity_across_pools_is_answered_from_the_users_home_core() {
     }
     assert_eq!(c.user_activity(0, 0).unwrap(), Err(Status::InvalidUser));
 }
+
+#[test]
+fn low_priority_clients_exhaust_the_general_share_and_high_priority_ones_get_the_kept_share() {
+    let config = "[[pool]]\nname = \"premium\"\ncapacity = 100\nkept_permille = 100\npriority_min = 5\n";
+    let server = Server::start(2, config);
+    let pool = server.client().pool_id("premium").unwrap().expect("pool");
+    // Four low-priority clients, two per core, race until sold_out.
+    let threads: Vec<_> = (0..4u16)
+        .map(|n| {
+            let core = n % 2;
+            let user = users_on(core, 2, 4)[n as usize / 2];
+            let mut c = server.core_client(core);
+            c.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+            std::thread::spawn(move || {
+                let mut got = 0;
+                for k in 0..200u128 {
+                    let op = ReserveOp { id: (n as u128 + 1) << 32 | k, user, pool, qty: 1, ttl_ms: 0, priority: 0 };
+                    match Status::from_u8(c.reserve(&[op]).unwrap()[0].status) {
+                        Some(Status::Ok) => got += 1,
+                        Some(Status::SoldOut) => return got,
+                        other => panic!("client {n}: {other:?}"),
+                    }
+                }
+                panic!("client {n} never saw sold_out");
+            })
+        })
+        .collect();
+    let general: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(general, 90, "the general share is capacity minus the kept 10%");
+
+    // High-priority users on both cores get the 10 kept units, then the pool is sold out.
+    let mut c = server.client();
+    let premium = [users_on(0, 2, 8)[7], users_on(1, 2, 8)[7]];
+    let mut got = 0;
+    for k in 0..20u128 {
+        let op = ReserveOp { id: 9_000 + k, user: premium[k as usize % 2], pool, qty: 1, ttl_ms: 0, priority: 7 };
+        match Status::from_u8(c.reserve(&[op]).unwrap()[0].status) {
+            Some(Status::Ok) => got += 1,
+            Some(Status::SoldOut) => break,
+            other => panic!("premium reserve {k}: {other:?}"),
+        }
+    }
+    assert_eq!(got, 10);
+    let status = c.pool_status(&PoolRef { id: pool, name: String::new() }).unwrap().unwrap();
+    assert_eq!((status.held(), status.available()), (100, 0), "{status:?}");
+    assert!(status.conserved());
+}

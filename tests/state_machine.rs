@@ -1310,7 +1310,7 @@ fn a_recalled_shard_returns_and_borrows_exactly_before_it_answers() {
     assert!(is_held(&e[1].apply(T0, reserve(2, b, 35))));
     // 8 asked on core 0: parked, one aggregate borrow of the shortfall.
     let Outcome::Reserve(Reply::Parked(ticket)) = e[0].apply(T0, reserve(3, a, 8)) else { panic!("parked") };
-    let borrow = PeerMsg::Borrow { pool: 1, need: 6, ticket: None };
+    let borrow = PeerMsg::Borrow { pool: 1, need: 6, ticket: None, priority: 0 };
     assert_eq!(out(&mut e[0]), [to(1, 1, borrow)]);
     // Home cannot cover 6: it recalls core 0, then tells it to borrow exactly.
     e[1].apply(T0, peer(0, 1, borrow));
@@ -1320,7 +1320,7 @@ fn a_recalled_shard_returns_and_borrows_exactly_before_it_answers() {
     // The recall: the 2 free units go home, then the exact borrow, then the answer (0 left).
     e[0].apply(T0, peer(1, 1, recall));
     let give_back = PeerMsg::Return { pool: 1, units: 2 };
-    let exact = PeerMsg::Borrow { pool: 1, need: 8, ticket: Some(ticket) };
+    let exact = PeerMsg::Borrow { pool: 1, need: 8, ticket: Some(ticket), priority: 0 };
     let answer = PeerMsg::Returned { pool: 1, units: 0 };
     assert_eq!(out(&mut e[0]), [to(1, 2, give_back), to(1, 3, exact), to(1, 4, answer)]);
     e[0].apply(T0, peer(1, 2, grant0));

@@ -137,9 +137,9 @@ impl PoolKind {
 /// A pool's allocation rules, checked for every new reserve on the user's home core. A
 /// field of 0 means "no such rule".
 ///
-/// Layout (40 bytes): max_per_user u64 @0, opens_at_ms u64 @8, closes_at_ms u64 @16,
+/// Layout (48 bytes): max_per_user u64 @0, opens_at_ms u64 @8, closes_at_ms u64 @16,
 /// rate_per_s u32 @24, burst u32 @28, max_qty u32 @32, flags u32 @36 (`RULE_FLAG_*`; other
-/// bits must be 0).
+/// bits must be 0), kept_permille u16 @40, priority_min u8 @42, reserved 5 bytes @43.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "server", derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize))]
 pub struct PoolRules {
@@ -157,6 +157,11 @@ pub struct PoolRules {
     pub max_qty: u32,
     /// `RULE_FLAG_*` bits.
     pub flags: u32,
+    /// Thousandths of the capacity kept for reserves of priority `priority_min` or more
+    /// (0..=1000): other reserves can never take the last `kept` units of the pool.
+    pub kept_permille: u16,
+    /// The lowest priority that may take the kept units (with `kept_permille` > 0).
+    pub priority_min: u8,
 }
 
 /// Rule flag: keep every user's activity in the pool (units held, confirmed, released and
@@ -165,7 +170,7 @@ pub const RULE_FLAG_TRACK_USERS: u32 = 1;
 
 impl PoolRules {
     /// Wire size in bytes.
-    pub const SIZE: usize = 40;
+    pub const SIZE: usize = 48;
 
     /// Appends the encoding.
     pub fn encode(&self, out: &mut Vec<u8>) {
@@ -176,11 +181,14 @@ impl PoolRules {
         out.extend_from_slice(&self.burst.to_le_bytes());
         out.extend_from_slice(&self.max_qty.to_le_bytes());
         out.extend_from_slice(&self.flags.to_le_bytes());
+        out.extend_from_slice(&self.kept_permille.to_le_bytes());
+        out.push(self.priority_min);
+        out.extend_from_slice(&[0; 5]);
     }
 
     /// Decodes the first [`Self::SIZE`] bytes of `b`.
     pub fn decode(b: &[u8]) -> Result<Self, Malformed> {
-        if b.len() < Self::SIZE {
+        if b.len() < Self::SIZE || b[43..48] != [0; 5] {
             return Err(Malformed);
         }
         Ok(PoolRules {
@@ -191,7 +199,19 @@ impl PoolRules {
             burst: u32_at(b, 28),
             max_qty: u32_at(b, 32),
             flags: u32_at(b, 36),
+            kept_permille: u16_at(b, 40),
+            priority_min: b[42],
         })
+    }
+
+    /// Units of a pool of `capacity` kept for priority reserves.
+    pub fn kept_units(&self, capacity: u64) -> u64 {
+        capacity / 1000 * self.kept_permille as u64 + capacity % 1000 * self.kept_permille as u64 / 1000
+    }
+
+    /// True if a reserve of `priority` may take the kept units.
+    pub fn may_take_kept(&self, priority: u8) -> bool {
+        priority >= self.priority_min
     }
 
     /// True if the rules need per-user state (a limit per user, a rate, or tracking).
@@ -209,7 +229,8 @@ impl PoolRules {
     pub fn valid(&self) -> bool {
         let window = self.opens_at_ms == 0 || self.closes_at_ms == 0 || self.opens_at_ms < self.closes_at_ms;
         let bucket = (self.rate_per_s == 0) == (self.burst == 0);
-        window && bucket && self.max_qty < 1 << 29 && self.flags & !RULE_FLAG_TRACK_USERS == 0
+        let kept = self.kept_permille <= 1000 && (self.kept_permille > 0 || self.priority_min == 0);
+        window && bucket && kept && self.max_qty < 1 << 29 && self.flags & !RULE_FLAG_TRACK_USERS == 0
     }
 }
 
@@ -821,6 +842,8 @@ mod tests {
         burst: 20,
         max_qty: 6,
         flags: RULE_FLAG_TRACK_USERS,
+        kept_permille: 100,
+        priority_min: 5,
     };
 
     #[test]
@@ -829,7 +852,7 @@ mod tests {
         PoolSetRules { pool: 9, rules: RULES }.encode(&mut b);
         assert_eq!(b.len(), PoolSetRules::SIZE);
         assert_eq!(PoolSetRules::decode(&b), Ok(PoolSetRules { pool: 9, rules: RULES }));
-        b[44] = 2; // an unknown rule flag
+        b[44] = 2; // an unknown rule flag (flags start at 8 + 36)
         let unknown = PoolSetRules::decode(&b).expect("decodes");
         assert!(!unknown.rules.valid(), "unknown flags are refused as invalid rules");
         assert!(RULES.valid() && RULES.per_user() && PoolRules::default().valid());
@@ -839,6 +862,14 @@ mod tests {
         assert!(!PoolRules { rate_per_s: 0, ..RULES }.valid(), "a burst needs a rate");
         assert!(!PoolRules { max_qty: 1 << 29, ..RULES }.valid());
         assert!(PoolRules { opens_at_ms: 0, ..RULES }.valid(), "one end of the window alone");
+        assert!(!PoolRules { kept_permille: 1001, ..RULES }.valid(), "more than the whole pool kept");
+        assert!(!PoolRules { kept_permille: 0, ..RULES }.valid(), "a priority without a kept share");
+        assert_eq!(RULES.kept_units(1_000_003), 100_000);
+        assert_eq!(PoolRules { kept_permille: 1000, ..RULES }.kept_units(u64::MAX >> 4), u64::MAX >> 4);
+        let mut b = Vec::new();
+        PoolSetRules { pool: 9, rules: RULES }.encode(&mut b);
+        b[8 + 47] = 1;
+        assert_eq!(PoolSetRules::decode(&b), Err(Malformed), "reserved bytes of the rules");
     }
 
     #[test]

@@ -69,9 +69,10 @@ pub struct EngineConfig {
 /// A message between the state machines of two cores (the borrowing protocol).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PeerMsg {
-    /// Shard → home: I need `need` units; `ticket` names one parked reserve (exact borrow),
-    /// `None` asks for the shard's whole line (aggregate borrow).
-    Borrow { pool: u32, need: u64, ticket: Option<u64> },
+    /// Shard → home: I need `need` units; `ticket` names one parked reserve (exact borrow,
+    /// with that reserve's `priority`), `None` asks for the shard's whole line (aggregate
+    /// borrow, priority 0: never granted kept units).
+    Borrow { pool: u32, need: u64, ticket: Option<u64>, priority: u8 },
     /// Home → shard: `units` for the borrow named by `ticket`. An aggregate grant of 0
     /// units means "the pool is being recalled: borrow exactly".
     Grant { pool: u32, units: u64, ticket: Option<u64> },
@@ -91,12 +92,16 @@ pub enum PeerMsg {
 pub const PEER_MSG_SIZE: usize = 24;
 
 impl PeerMsg {
-    /// Encodes the message: tag u8 @0, flags u8 @1 (bit 0: a ticket is present), reserved
-    /// u16 @2, pool u32 @4, a u64 @8 (need or units, or the ticket of a sold-out), b u64
-    /// @16 (the ticket of a borrow or grant).
+    /// Encodes the message: tag u8 @0, flags u8 @1 (bit 0: a ticket is present), priority
+    /// u8 @2 (of a borrow; else 0), reserved u8 @3, pool u32 @4, a u64 @8 (need or units, or
+    /// the ticket of a sold-out), b u64 @16 (the ticket of a borrow or grant).
     pub fn encode(&self) -> [u8; PEER_MSG_SIZE] {
+        let mut b = [0u8; PEER_MSG_SIZE];
         let (tag, pool, a, ticket) = match *self {
-            PeerMsg::Borrow { pool, need, ticket } => (1, pool, need, ticket),
+            PeerMsg::Borrow { pool, need, ticket, priority } => {
+                b[2] = priority;
+                (1, pool, need, ticket)
+            }
             PeerMsg::Grant { pool, units, ticket } => (2, pool, units, ticket),
             PeerMsg::SoldOut { pool, ticket } => (3, pool, ticket, None),
             PeerMsg::Recall { pool } => (4, pool, 0, None),
@@ -104,7 +109,6 @@ impl PeerMsg {
             PeerMsg::Return { pool, units } => (6, pool, units, None),
             PeerMsg::Undrain { pool } => (7, pool, 0, None),
         };
-        let mut b = [0u8; PEER_MSG_SIZE];
         b[0] = tag;
         b[1] = ticket.is_some() as u8;
         b[4..8].copy_from_slice(&pool.to_le_bytes());
@@ -123,7 +127,7 @@ impl PeerMsg {
             _ => return None,
         };
         Some(match b[0] {
-            1 => PeerMsg::Borrow { pool, need: a, ticket },
+            1 => PeerMsg::Borrow { pool, need: a, ticket, priority: b[2] },
             2 => PeerMsg::Grant { pool, units: a, ticket },
             3 => PeerMsg::SoldOut { pool, ticket: a },
             4 => PeerMsg::Recall { pool },
@@ -603,7 +607,8 @@ impl Engine {
         self.parked_total += 1;
         self.count_user(now_ms, p, op.user, [-(op.qty as i64), 0, op.qty as i64, 0, 0]);
         if home {
-            self.pools[p].bank.queue.push_back(Demand { from: self.cfg.core, ticket, need: op.qty as u64 });
+            let demand = Demand { from: self.cfg.core, ticket, need: op.qty as u64, priority: op.priority };
+            self.pools[p].bank.queue.push_back(demand);
             if self.pools[p].bank.mode == BankMode::Normal {
                 self.start_recall(now_ms, p);
             }
@@ -737,16 +742,30 @@ impl Engine {
 
     /// Holds the units of a reserve that passed its prechecks, if the shard has them.
     fn take(&mut self, now_ms: u64, p: usize, op: &ReserveOp) -> Attempt {
-        let slot = &mut self.pools[p];
-        if slot.shard.available() < op.qty as u64 {
+        if self.usable(p, op.priority) < op.qty as u64 {
             return Attempt::Short;
         }
+        let slot = &mut self.pools[p];
         let ttl = if op.ttl_ms == 0 { slot.def.hold_ttl_ms_default } else { op.ttl_ms };
         let expires_at = now_ms + ttl as u64;
         slot.shard.held += op.qty as u64;
         let slot = self.holds.insert(Hold::new(op.id, op.user, op.pool, op.qty, expires_at)).expect("checked not full");
         self.wheel.insert(slot, expires_at, &mut self.holds);
         Attempt::Done(self.result_of(slot, Status::Ok))
+    }
+
+    /// Units of this shard a reserve of `priority` may take: all free units, except on the
+    /// pool's home core, which never gives the last `kept` units of the pool (its rules'
+    /// `kept_permille`) to a reserve below `priority_min`, whether it reserves here or
+    /// borrows them.
+    fn usable(&self, p: usize, priority: u8) -> u64 {
+        let slot = &self.pools[p];
+        let free = slot.shard.available();
+        let rules = &slot.def.rules;
+        if rules.kept_permille == 0 || rules.may_take_kept(priority) || !self.is_home(p) {
+            return free;
+        }
+        free.saturating_sub(rules.kept_units(slot.def.capacity))
     }
 
     fn sold_out(&self, p: usize) -> OpResult {
@@ -1052,7 +1071,12 @@ impl Engine {
             let mut asks = Vec::new();
             for w in self.pools[p].shard.waiting.iter_mut().filter(|w| !w.asked) {
                 w.asked = true;
-                asks.push(PeerMsg::Borrow { pool, need: w.op.qty as u64, ticket: Some(w.ticket) });
+                asks.push(PeerMsg::Borrow {
+                    pool,
+                    need: w.op.qty as u64,
+                    ticket: Some(w.ticket),
+                    priority: w.op.priority,
+                });
             }
             for msg in asks {
                 self.send(home, msg);
@@ -1063,7 +1087,7 @@ impl Engine {
             let need = wanted.saturating_sub(shard.available());
             if need > 0 {
                 self.pools[p].shard.aggregate_outstanding = true;
-                self.send(home, PeerMsg::Borrow { pool, need, ticket: None });
+                self.send(home, PeerMsg::Borrow { pool, need, ticket: None, priority: 0 });
             }
         }
     }
@@ -1098,7 +1122,7 @@ impl Engine {
                 };
                 self.left_line(now_ms, p, &parked.op, &result);
                 self.complete(d.ticket, result);
-            } else if self.pools[p].shard.available() >= d.need {
+            } else if self.usable(p, d.priority) >= d.need {
                 self.send(d.from, PeerMsg::Grant { pool, units: d.need, ticket: Some(d.ticket) });
             } else {
                 refused = true;
@@ -1117,7 +1141,7 @@ impl Engine {
     /// core) goes back to normal.
     fn maybe_undrain(&mut self, p: usize) {
         let threshold = (self.pools[p].def.capacity / 8).max(self.cfg.cores as u64);
-        if self.pools[p].shard.available() >= threshold {
+        if self.usable(p, 0) >= threshold {
             self.undrain(p);
         }
     }
@@ -1138,7 +1162,7 @@ impl Engine {
         let pool = msg.pool();
         match msg {
             PeerMsg::Borrow { need, ticket: None, .. } => {
-                let free = self.pools[p].shard.available();
+                let free = self.usable(p, 0);
                 if self.pools[p].bank.mode == BankMode::Normal && free >= need {
                     let spare = (free - need) / self.cfg.cores as u64;
                     self.send(from, PeerMsg::Grant { pool, units: need + spare, ticket: None });
@@ -1150,17 +1174,18 @@ impl Engine {
                     self.send(from, PeerMsg::Grant { pool, units: 0, ticket: None });
                 }
             }
-            PeerMsg::Borrow { need, ticket: Some(ticket), .. } => {
-                let free = self.pools[p].shard.available();
+            PeerMsg::Borrow { need, ticket: Some(ticket), priority, .. } => {
+                let free = self.usable(p, priority);
+                let demand = Demand { from, ticket, need, priority };
                 match self.pools[p].bank.mode {
                     BankMode::Recalling { .. } => {
-                        self.pools[p].bank.queue.push_back(Demand { from, ticket, need });
+                        self.pools[p].bank.queue.push_back(demand);
                     }
                     _ if free >= need => {
                         self.send(from, PeerMsg::Grant { pool, units: need, ticket: Some(ticket) });
                     }
                     BankMode::Normal => {
-                        self.pools[p].bank.queue.push_back(Demand { from, ticket, need });
+                        self.pools[p].bank.queue.push_back(demand);
                         self.start_recall(now_ms, p);
                     }
                     BankMode::Drained => self.send(from, PeerMsg::SoldOut { pool, ticket }),
@@ -1377,7 +1402,7 @@ impl Engine {
                     bank_queue: b
                         .queue
                         .iter()
-                        .map(|d| DemandSnap { from: d.from, ticket: d.ticket, need: d.need })
+                        .map(|d| DemandSnap { from: d.from, ticket: d.ticket, need: d.need, priority: d.priority })
                         .collect(),
                 }
             })
@@ -1479,7 +1504,11 @@ impl Engine {
                 2 => BankMode::Drained,
                 other => return Err(format!("pool {}: bank mode {other}", p.id)),
             };
-            let queue = p.bank_queue.iter().map(|d| Demand { from: d.from, ticket: d.ticket, need: d.need }).collect();
+            let queue = p
+                .bank_queue
+                .iter()
+                .map(|d| Demand { from: d.from, ticket: d.ticket, need: d.need, priority: d.priority })
+                .collect();
             e.names.insert(def.name.clone(), def.id);
             e.pools.push(PoolSlot { def, shard, bank: Bank { mode, queue } });
         }

@@ -38,10 +38,15 @@ impl PoolDef {
         (self.id % cores as u32) as u16
     }
 
-    /// The units core `core` starts with: an even split, the remainder to the lowest cores.
+    /// The units core `core` starts with: the home core the units kept for priority
+    /// reserves (`rules.kept_permille`), and every core an even split of the rest, the
+    /// remainder to the lowest cores.
     pub fn initial_share(&self, core: u16, cores: u16) -> u64 {
         let n = cores as u64;
-        self.capacity / n + u64::from((core as u64) < self.capacity % n)
+        let kept = self.rules.kept_units(self.capacity);
+        let rest = self.capacity - kept;
+        let even = rest / n + u64::from((core as u64) < rest % n);
+        if core == self.home_core(cores) { even + kept } else { even }
     }
 
     /// The definition as the protocol reports it.
@@ -131,6 +136,8 @@ pub struct Demand {
     pub ticket: u64,
     /// Units it needs.
     pub need: u64,
+    /// The reserve's priority (it may take the pool's kept units if high enough).
+    pub priority: u8,
 }
 
 /// Borrowing state kept by the pool's home core.

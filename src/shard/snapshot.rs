@@ -113,6 +113,8 @@ pub struct DemandSnap {
     pub ticket: u64,
     /// Units.
     pub need: u64,
+    /// The reserve's priority.
+    pub priority: u8,
 }
 
 /// The link with one other core.

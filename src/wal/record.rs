@@ -13,10 +13,10 @@
 //! | 4    | extend          | the 48-byte extend record                                   |
 //! | 5    | tick            | —                                                           |
 //! | 6    | peer message    | from u16, seq u64, the 24-byte message                      |
-//! | 7    | create pool     | id u32, kind u8, active u8, capacity u64, ttl default u32, ttl max u32, name length u8, name, rules (40 bytes) |
+//! | 7    | create pool     | id u32, kind u8, active u8, capacity u64, ttl default u32, ttl max u32, name length u8, name, rules (48 bytes) |
 //! | 8    | set pool active | pool u32, active u8                                         |
 //! | 9    | set limits      | core u16, cores u16, holds_max u32, parked_max u32, retention_ms u64, pools_max u32 |
-//! | 10   | set pool rules  | pool u32, rules (40 bytes, as in the protocol's `PoolRules`) |
+//! | 10   | set pool rules  | pool u32, rules (48 bytes, as in the protocol's `PoolRules`) |
 //!
 //! A change is logged before the state machine decides it, so a refused change (an unknown
 //! pool, inconsistent rules) is in the log too and refused again when replayed.
@@ -29,7 +29,7 @@ use crate::shard::{Command, EngineConfig, PeerMsg, PoolDef};
 /// Bytes before the body: checksum, body length, LSN.
 pub const RECORD_HEADER_SIZE: usize = 16;
 /// The longest body a record may have. A pool creation with a 64-byte name is the longest
-/// today (9 + 23 + 64 + 40 = 136 bytes); a length above this is damage, not a record.
+/// today (9 + 23 + 64 + 48 = 144 bytes); a length above this is damage, not a record.
 pub const RECORD_BODY_MAX: usize = 160;
 
 const KIND_RESERVE: u8 = 1;
@@ -305,6 +305,8 @@ mod tests {
             burst: 5,
             max_qty: 6,
             flags: 1,
+            kept_permille: 100,
+            priority_min: 7,
         };
         vec![
             (Command::Reserve(ReserveOp { id, user, pool: 3, qty: 7, ttl_ms: 60_000, priority: 9 }), 16 + 9 + 48),
@@ -312,8 +314,8 @@ mod tests {
             (Command::Release(ReleaseOp { id, user }), 16 + 9 + 32),
             (Command::Extend(ExtendOp { id, user, ttl_ms: 1 }), 16 + 9 + 48),
             (Command::Tick, 16 + 9),
-            (peer(1, PeerMsg::Borrow { pool: 4, need: 10, ticket: None }), 16 + 9 + 34),
-            (peer(2, PeerMsg::Borrow { pool: 4, need: 1, ticket: Some(77) }), 16 + 9 + 34),
+            (peer(1, PeerMsg::Borrow { pool: 4, need: 10, ticket: None, priority: 0 }), 16 + 9 + 34),
+            (peer(2, PeerMsg::Borrow { pool: 4, need: 1, ticket: Some(77), priority: 9 }), 16 + 9 + 34),
             (peer(3, PeerMsg::Grant { pool: 4, units: 12, ticket: None }), 16 + 9 + 34),
             (peer(4, PeerMsg::Grant { pool: 4, units: 1, ticket: Some(77) }), 16 + 9 + 34),
             (peer(5, PeerMsg::SoldOut { pool: 4, ticket: 78 }), 16 + 9 + 34),
@@ -321,17 +323,17 @@ mod tests {
             (peer(7, PeerMsg::Returned { pool: 4, units: 0 }), 16 + 9 + 34),
             (peer(u64::MAX, PeerMsg::Return { pool: u32::MAX, units: u64::MAX }), 16 + 9 + 34),
             (peer(9, PeerMsg::Undrain { pool: 4 }), 16 + 9 + 34),
-            (Command::CreatePool(pool_def("seats-2025")), 16 + 9 + 23 + 10 + 40),
-            (Command::CreatePool(PoolDef { rules, ..pool_def(&"x".repeat(64)) }), 16 + 9 + 23 + 64 + 40),
+            (Command::CreatePool(pool_def("seats-2025")), 16 + 9 + 23 + 10 + 48),
+            (Command::CreatePool(PoolDef { rules, ..pool_def(&"x".repeat(64)) }), 16 + 9 + 23 + 64 + 48),
             (Command::SetPoolActive { pool: 5, active: true }, 16 + 9 + 5),
             (Command::SetPoolActive { pool: 5, active: false }, 16 + 9 + 5),
             (Command::SetLimits(limits()), 16 + 9 + 24),
-            (Command::SetPoolRules { pool: 5, rules }, 16 + 9 + 44),
-            (Command::SetPoolRules { pool: 6, rules: PoolRules::default() }, 16 + 9 + 44),
+            (Command::SetPoolRules { pool: 5, rules }, 16 + 9 + 52),
+            (Command::SetPoolRules { pool: 6, rules: PoolRules::default() }, 16 + 9 + 52),
             // A refused change (a rate without a burst) is logged and read back too.
             (
                 Command::SetPoolRules { pool: 6, rules: PoolRules { rate_per_s: 3, ..PoolRules::default() } },
-                16 + 9 + 44,
+                16 + 9 + 52,
             ),
         ]
     }

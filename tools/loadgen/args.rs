@@ -311,6 +311,8 @@ impl Plan {
                     burst: args.user_burst,
                     max_qty: args.max_qty,
                     flags: if args.track_users { shardcap::protocol::control::RULE_FLAG_TRACK_USERS } else { 0 },
+                    kept_permille: 0,
+                    priority_min: 0,
                 }
             },
             duration_s: args.duration_s,
