@@ -398,18 +398,55 @@ fn tracked_users_keep_their_activity_for_the_retention_period() {
         // Hold 3 expires at 1000.
         (1000, Tick,                                  S::Ok, 0),
     ]);
-    let a = e.user_activity(ALICE, 1);
+    let a = e.user_activity(T0 + 1000, ALICE, 1);
     assert_eq!(a.len(), 1);
     assert_eq!((a[0].held, a[0].confirmed, a[0].pending, a[0].released, a[0].expired), (0, 2, 0, 3, 4));
     assert_eq!(a[0].last_activity_ms, T0 + 1000, "the expiry is the last activity");
-    assert_eq!(e.user_activity(ALICE, 0), a, "every pool: the same single pool");
-    assert!(e.user_activity(BOB, 0).is_empty(), "nothing for a user who did nothing");
+    assert_eq!(e.user_activity(T0 + 1000, ALICE, 0), a, "every pool: the same single pool");
+    assert!(e.user_activity(T0 + 1000, BOB, 0).is_empty(), "nothing for a user who did nothing");
     // Without a limit, confirmed units do not keep the entry: it goes RETENTION after the
     // last activity.
     run(&mut e, &[(1000 + RETENTION - 1, Tick, S::Ok, 0)]);
-    assert_eq!(e.user_activity(ALICE, 1).len(), 1);
+    assert_eq!(e.user_activity(T0 + 1000 + RETENTION - 1, ALICE, 1).len(), 1);
+    assert!(!e.tick_due(T0 + 1000 + RETENTION - 1));
+    assert!(e.tick_due(T0 + 1000 + RETENTION), "a compaction due makes a tick due (and logged)");
     run(&mut e, &[(1000 + RETENTION, Tick, S::Ok, 0)]);
-    assert!(e.user_activity(ALICE, 1).is_empty(), "compacted after the retention period");
+    assert!(e.user_activity(T0 + 1000 + RETENTION, ALICE, 1).is_empty(), "compacted after the retention period");
+}
+
+#[test]
+fn turning_tracking_on_counts_the_reservations_already_there_and_compacts_idle_users() {
+    let mut e = engine(100, PoolRules::default());
+    #[rustfmt::skip]
+    run(&mut e, &[
+        (0,  Reserve { id: 1, user: ALICE, qty: 2 }, S::Ok, 1000),
+        (0,  Reserve { id: 2, user: BOB,   qty: 3 }, S::Ok, 1000),
+        (10, Release { id: 2, user: BOB },           S::Ok, 0),
+        (20, Rules(PoolRules { flags: shardcap::protocol::control::RULE_FLAG_TRACK_USERS, ..PoolRules::default() }), S::Ok, 0),
+        // Alice's hold, held before tracking began, is released: counted, no underflow.
+        (30, Release { id: 1, user: ALICE },         S::Ok, 0),
+    ]);
+    let a = e.user_activity(T0 + 30, ALICE, 1);
+    assert_eq!((a[0].held, a[0].released), (0, 2));
+    let b = e.user_activity(T0 + 30, BOB, 1);
+    assert_eq!((b[0].held, b[0].released, b[0].last_activity_ms), (0, 3, T0 + 20), "counted at the rule change");
+    // Bob holds nothing: his entry goes RETENTION after the rule change, Alice's after her
+    // release.
+    run(&mut e, &[(20 + RETENTION, Tick, S::Ok, 0)]);
+    assert!(e.user_activity(T0 + 20 + RETENTION, BOB, 1).is_empty());
+    assert_eq!(e.user_activity(T0 + 20 + RETENTION, ALICE, 1).len(), 1);
+    run(&mut e, &[(30 + RETENTION, Tick, S::Ok, 0)]);
+    assert!(e.user_activity(T0 + 30 + RETENTION, ALICE, 1).is_empty());
+}
+
+#[test]
+fn attempts_left_are_reported_as_of_the_query() {
+    let rate = PoolRules { rate_per_s: 1, burst: 4, ..PoolRules::default() };
+    let mut e = engine(100, rate);
+    run(&mut e, &[(0, Reserve { id: 1, user: ALICE, qty: 1 }, S::Ok, 1000)]);
+    assert_eq!(e.user_activity(T0, ALICE, 1)[0].attempts_left_milli, 3000);
+    assert_eq!(e.user_activity(T0 + 500, ALICE, 1)[0].attempts_left_milli, 3500);
+    assert_eq!(e.user_activity(T0 + 9000, ALICE, 1)[0].attempts_left_milli, 4000, "never above the burst");
 }
 
 // ----- priority: a kept share ------------------------------------------------------------------

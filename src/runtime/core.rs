@@ -501,7 +501,7 @@ impl CoreRuntime {
             RpcReq::UserActivity { user, pool } => {
                 // Expire what is due first, so the activity shows what is really held.
                 self.tick();
-                RpcResp::Activity(self.engine.borrow().user_activity(user, pool))
+                RpcResp::Activity(self.engine.borrow().user_activity(now, user, pool))
             }
             RpcReq::ApplyCreate(def) => {
                 self.apply(now, Command::CreatePool(def));

@@ -356,7 +356,7 @@ impl Engine {
             }
             Command::CreatePool(def) => Outcome::Pool(Ok(self.create_pool(def))),
             Command::SetPoolActive { pool, active } => Outcome::Pool(self.set_pool_active(pool, active)),
-            Command::SetPoolRules { pool, rules } => Outcome::Pool(self.set_pool_rules(pool, rules)),
+            Command::SetPoolRules { pool, rules } => Outcome::Pool(self.set_pool_rules(now_ms, pool, rules)),
         }
     }
 
@@ -469,27 +469,29 @@ impl Engine {
     /// waiting reserves, and the confirmed reservations still retained: confirmed units
     /// purged after `retention_ms` are not counted), with full buckets. A change of values
     /// only (a higher limit, another rate) keeps every count and bucket.
-    pub fn set_pool_rules(&mut self, pool: u32, rules: PoolRules) -> Result<PoolInfo, Status> {
+    pub fn set_pool_rules(&mut self, now_ms: u64, pool: u32, rules: PoolRules) -> Result<PoolInfo, Status> {
+        let now_ms = now_ms.max(self.last_now_ms);
         let p = self.pool_index(pool).ok_or(Status::PoolNotFound)?;
         if !rules.valid() {
             return Err(Status::InvalidRules);
         }
         let old = std::mem::replace(&mut self.pools[p].def.rules, rules);
-        let kinds = |r: &PoolRules| (r.max_per_user > 0, r.rate_per_s > 0);
+        let kinds = |r: &PoolRules| (r.max_per_user > 0, r.rate_per_s > 0, r.tracks_users());
         if !rules.per_user() {
-            self.users.reset_pool(pool, []);
+            self.users.reset_pool(pool, &rules, now_ms, []);
         } else if kinds(&old) != kinds(&rules) {
-            // Entries kept for a rate alone do not keep confirmed units, and entries kept for
-            // a limit alone have no bucket: a new kind of rule counts afresh.
-            let entries = self.count_users(p);
-            self.users.reset_pool(pool, entries);
+            // Entries kept for a rate alone do not keep confirmed units, entries kept for a
+            // limit alone have no bucket, and a pool without per-user state has no entries:
+            // a new kind of rule counts afresh.
+            let entries = self.count_users(p, now_ms);
+            self.users.reset_pool(pool, &rules, now_ms, entries);
         }
         Ok(self.pools[p].def.info(self.cfg.cores))
     }
 
     /// Each user's units in pool `p` as the reservations on this core show them, with a
     /// full bucket.
-    fn count_users(&self, p: usize) -> Vec<UserPool> {
+    fn count_users(&self, p: usize, now_ms: u64) -> Vec<UserPool> {
         let pool = self.pools[p].def.id;
         let rules = self.pools[p].def.rules;
         let mut by_user: HashMap<u128, UserState> = HashMap::new();
@@ -512,8 +514,8 @@ impl Engine {
         for (user, [held, confirmed, pending, released, expired]) in counts {
             let e = by_user.entry(user).or_insert_with(|| UserState {
                 tokens_milli: rules.burst as u64 * 1000,
-                tokens_at_ms: self.last_now_ms,
-                last_ms: self.last_now_ms,
+                tokens_at_ms: now_ms,
+                last_ms: now_ms,
                 ..UserState::default()
             });
             e.held += held;
@@ -708,15 +710,15 @@ impl Engine {
         self.users.get(pool, user)
     }
 
-    /// A user's activity in pool `pool`, or in every pool for 0, by pool id: the pools whose
-    /// rules keep per-user state and where the user has an entry on this core (the user's
-    /// home core has them all).
-    pub fn user_activity(&self, user: u128, pool: u32) -> Vec<UserActivity> {
+    /// A user's activity in pool `pool`, or in every pool for 0, by pool id, as of `now_ms`:
+    /// the pools whose rules keep per-user state and where the user has an entry on this
+    /// core (the user's home core has them all).
+    pub fn user_activity(&self, now_ms: u64, user: u128, pool: u32) -> Vec<UserActivity> {
         let pools = if pool == 0 { 1..=self.pools.len() as u32 } else { pool..=pool };
         pools
             .filter_map(|id| {
                 let e = self.users.get(id, user)?;
-                let rate = self.pool_index(id).is_some_and(|p| self.pools[p].def.rules.rate_per_s > 0);
+                let rules = self.pools[self.pool_index(id)?].def.rules;
                 Some(UserActivity {
                     pool: id,
                     held: e.held,
@@ -725,7 +727,7 @@ impl Engine {
                     released: e.released,
                     expired: e.expired,
                     last_activity_ms: e.last_ms,
-                    attempts_left_milli: if rate { e.tokens_milli } else { 0 },
+                    attempts_left_milli: if rules.rate_per_s > 0 { e.attempts_at(&rules, now_ms) } else { 0 },
                 })
             })
             .collect()
@@ -988,7 +990,7 @@ impl Engine {
     /// True if time `now_ms` may expire holds or purge records: a [`Command::Tick`] then
     /// changes the state (and a log must record it).
     pub fn tick_due(&self, now_ms: u64) -> bool {
-        self.wheel.may_have_due(now_ms)
+        self.wheel.may_have_due(now_ms) || self.users.sweep_due(now_ms)
     }
 
     // ----- borrowing -------------------------------------------------------------------------

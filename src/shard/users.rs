@@ -44,7 +44,8 @@ pub struct UserState {
     pub released: u64,
     /// Units expired (while the entry lives).
     pub expired: u64,
-    /// The user's last operation in the pool, ms.
+    /// The user's last activity in the pool, ms: an operation, an expiry (at its deadline),
+    /// or the rule change that counted the user's units afresh.
     pub last_ms: u64,
     /// Reserve attempts left, in thousandths (token bucket).
     pub tokens_milli: u64,
@@ -66,6 +67,13 @@ impl UserState {
         let elapsed = now_ms.saturating_sub(self.tokens_at_ms);
         self.tokens_milli = full.min(self.tokens_milli.saturating_add(elapsed.saturating_mul(rules.rate_per_s as u64)));
         self.tokens_at_ms = self.tokens_at_ms.max(now_ms);
+    }
+
+    /// Reserve attempts left at `now_ms`, in thousandths (the bucket refilled to then).
+    pub fn attempts_at(&self, rules: &PoolRules, now_ms: u64) -> u64 {
+        let mut e = *self;
+        e.refill(rules, now_ms);
+        e.tokens_milli
     }
 
     /// When the bucket is full again (now if it is).
@@ -230,11 +238,25 @@ impl Users {
 
     /// Replaces every entry of `pool` with `entries` (a rules change that starts keeping
     /// per-user state counts it from the reservations), or just drops them.
-    pub fn reset_pool(&mut self, pool: u32, entries: impl IntoIterator<Item = UserPool>) {
+    /// Entries that hold nothing are settled at once (dropped, or queued for compaction).
+    pub fn reset_pool(
+        &mut self,
+        pool: u32,
+        rules: &PoolRules,
+        now_ms: u64,
+        entries: impl IntoIterator<Item = UserPool>,
+    ) {
         self.map.retain(|&(p, _), _| p != pool);
         for e in entries {
             self.insert(e);
+            self.settle(rules, e.pool, e.user, now_ms);
         }
+    }
+
+    /// True if an entry is due to be looked at again by `now_ms` ([`Self::sweep`] would
+    /// change something).
+    pub fn sweep_due(&self, now_ms: u64) -> bool {
+        self.sweep.peek().is_some_and(|Reverse((due, _, _))| *due <= now_ms)
     }
 
     fn insert(&mut self, e: UserPool) {

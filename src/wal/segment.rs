@@ -10,7 +10,7 @@ use super::WalError;
 use super::record::{self, Record};
 
 /// The first bytes of every segment.
-pub const SEGMENT_MAGIC: [u8; 8] = *b"SCWAL\0\0\x02";
+pub const SEGMENT_MAGIC: [u8; 8] = *b"SCWAL\0\0\x03";
 /// Size of the segment header.
 pub const SEGMENT_HEADER_SIZE: usize = 32;
 
@@ -207,7 +207,7 @@ mod tests {
     fn header_round_trips_with_its_documented_layout() {
         let h = SegmentHeader { core: 3, cores: 8, first_lsn: 0x0102_0304_0506_0708 };
         let b = h.encode();
-        assert_eq!(&b[0..8], b"SCWAL\0\0\x02");
+        assert_eq!(&b[0..8], b"SCWAL\0\0\x03");
         assert_eq!(&b[8..10], &3u16.to_le_bytes());
         assert_eq!(&b[10..12], &8u16.to_le_bytes());
         assert_eq!(&b[12..16], &[0; 4]);
@@ -230,7 +230,7 @@ mod tests {
         bad_stored_crc[24] ^= 0x80;
         let cases: [(&[u8], &str); 5] = [
             (&bad_magic, "bad magic"),
-            (&bad_version, "log format version 1, this server reads version 2"),
+            (&bad_version, "log format version 1, this server reads version 3"),
             (&bad_crc, "checksum mismatch"),
             (&bad_stored_crc, "checksum mismatch"),
             (&good[..31], "shorter than a segment header"),

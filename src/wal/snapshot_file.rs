@@ -17,8 +17,10 @@ use rkyv::util::AlignedVec;
 use super::WalError;
 use crate::shard::snapshot::{HoldSnap, SnapshotHead};
 
-/// The first bytes of every snapshot file.
-pub const SNAPSHOT_MAGIC: [u8; 8] = *b"SCSNAP\0\x01";
+/// The first bytes of every snapshot file; the last byte is the format
+/// ([`crate::shard::snapshot::SNAPSHOT_FORMAT`]), readable before the archive is.
+pub const SNAPSHOT_MAGIC: [u8; 8] = *b"SCSNAP\0\x03";
+const _: () = assert!(SNAPSHOT_MAGIC[7] as u32 == crate::shard::snapshot::SNAPSHOT_FORMAT);
 const PREFIX_SIZE: usize = 24;
 const CHUNK_PREFIX_SIZE: usize = 16;
 
@@ -74,6 +76,11 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Snapshot, WalError> {
         offset: offset as u64,
         reason: reason.into(),
     };
+    if bytes.len() >= PREFIX_SIZE && bytes[0..7] == SNAPSHOT_MAGIC[0..7] && bytes[7] != SNAPSHOT_MAGIC[7] {
+        let reason =
+            format!("snapshot format {}, this server reads format {} (bad magic)", bytes[7], SNAPSHOT_MAGIC[7]);
+        return Err(bad(0, &reason));
+    }
     if bytes.len() < PREFIX_SIZE || bytes[0..8] != SNAPSHOT_MAGIC {
         return Err(bad(0, "not a shardcap snapshot (bad magic)"));
     }
@@ -260,6 +267,10 @@ mod tests {
         let mut damaged = bytes.clone();
         damaged[3] = b'x';
         assert_eq!(corrupt_at(decode(&damaged, &path())), (0, "not a shardcap snapshot (bad magic)".into()));
+        let mut older = bytes.clone();
+        older[7] = 2;
+        let expected = "snapshot format 2, this server reads format 3 (bad magic)";
+        assert_eq!(corrupt_at(decode(&older, &path())), (0, expected.into()));
     }
 
     #[test]
