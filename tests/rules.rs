@@ -585,3 +585,24 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_kept_share_is_fixed_at_creation_and_a_large_one_still_undrains() {
+    // 90% kept: the general share is 10 units of 100.
+    let rules = PoolRules { kept_permille: 900, priority_min: 1, ..PoolRules::default() };
+    let mut e = engine(100, rules);
+    #[rustfmt::skip]
+    run(&mut e, &[
+        // The kept share cannot change; the rest of the rules can, priority_min included.
+        (0, Rules(PoolRules { kept_permille: 800, ..rules }), S::InvalidRules, 0),
+        (0, Rules(PoolRules { priority_min: 3, max_qty: 5, ..rules }), S::Ok, 0),
+        (1, Reserve { id: 1, user: ALICE, qty: 5 }, S::Ok, 1001),
+        (1, Reserve { id: 2, user: BOB,   qty: 5 }, S::Ok, 1001),
+        // The general share is gone: the single core drains.
+        (2, Reserve { id: 3, user: BOB,   qty: 1 }, S::SoldOut, 0),
+        (3, Release { id: 1, user: ALICE },         S::Ok, 0),
+    ]);
+    // With every general unit back (5 of 10 is at least an eighth), the pool is normal again.
+    let s = e.shard_snapshot(1).unwrap();
+    assert_eq!(s.flags & shardcap::protocol::control::SHARD_FLAG_DRAINED, 0, "{s:?}");
+}

@@ -380,8 +380,8 @@ impl PoolSetRules {
 /// Request to create a pool.
 ///
 /// Body: capacity u64 @0, hold_ttl_ms_default u32 @8, hold_ttl_ms_max u32 @12, kind u8 @16,
-/// active u8 @17, name_len u8 @18, reserved 5 bytes @19, rules ([`PoolRules`], 40 bytes)
-/// @24, name (`name_len` bytes) @64.
+/// active u8 @17, name_len u8 @18, reserved 5 bytes @19, rules ([`PoolRules`], 48 bytes)
+/// @24, name (`name_len` bytes) @72.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolCreate {
     /// Unique pool name.
@@ -443,7 +443,7 @@ impl PoolCreate {
 ///
 /// Layout: id u32 @0, kind u8 @4, active u8 @5, name_len u8 @6, reserved u8 @7,
 /// capacity u64 @8, hold_ttl_ms_default u32 @16, hold_ttl_ms_max u32 @20, home_core u16 @24,
-/// reserved 6 bytes @26, rules ([`PoolRules`], 40 bytes) @32, name @72.
+/// reserved 6 bytes @26, rules ([`PoolRules`], 48 bytes) @32, name @80.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolInfo {
     /// Pool id (from 1).

@@ -100,7 +100,9 @@ pub enum Status {
     /// result's `expires_at_ms` says when the next one comes.
     RateLimited = 47,
     /// The pool's rules are inconsistent (a window that closes at or before it opens, a
-    /// rate without a burst or a burst without a rate, a maximum quantity above 2^29 - 1).
+    /// rate without a burst or a burst without a rate, a maximum quantity above 2^29 - 1, a
+    /// kept share above 1000‰ or a priority without one, unknown flags), or a change would
+    /// alter a pool's kept share, which is fixed at creation.
     InvalidRules = 48,
 }
 

@@ -463,7 +463,8 @@ impl Engine {
         Ok(self.pools[p].def.info(self.cfg.cores))
     }
 
-    /// Replaces a pool's rules; they apply from the next reserve. Reserves already held or
+    /// Replaces a pool's rules; they apply from the next reserve. `kept_permille` cannot
+    /// change (`invalid_rules`): it decided the split of the capacity at creation. Reserves already held or
     /// waiting are not checked again. A change that turns a limit per user or a rate on or
     /// off counts each user's units afresh from the reservations on this core (holds,
     /// waiting reserves, and the confirmed reservations still retained: confirmed units
@@ -472,7 +473,9 @@ impl Engine {
     pub fn set_pool_rules(&mut self, now_ms: u64, pool: u32, rules: PoolRules) -> Result<PoolInfo, Status> {
         let now_ms = now_ms.max(self.last_now_ms);
         let p = self.pool_index(pool).ok_or(Status::PoolNotFound)?;
-        if !rules.valid() {
+        // The kept share decides how the capacity was split over the cores when the pool
+        // was created (the home core took the kept units): it cannot change afterwards.
+        if !rules.valid() || rules.kept_permille != self.pools[p].def.rules.kept_permille {
             return Err(Status::InvalidRules);
         }
         let old = std::mem::replace(&mut self.pools[p].def.rules, rules);
@@ -1142,7 +1145,10 @@ impl Engine {
     /// A drained pool that has gathered an eighth of its capacity (at least one unit per
     /// core) goes back to normal.
     fn maybe_undrain(&mut self, p: usize) {
-        let threshold = (self.pools[p].def.capacity / 8).max(self.cfg.cores as u64);
+        // Of the units lower priorities may take (all of them without a kept share).
+        let def = &self.pools[p].def;
+        let general = def.capacity - def.rules.kept_units(def.capacity);
+        let threshold = (general / 8).max(self.cfg.cores as u64).min(general.max(1));
         if self.usable(p, 0) >= threshold {
             self.undrain(p);
         }

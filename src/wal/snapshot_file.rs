@@ -77,8 +77,10 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Snapshot, WalError> {
         reason: reason.into(),
     };
     if bytes.len() >= PREFIX_SIZE && bytes[0..7] == SNAPSHOT_MAGIC[0..7] && bytes[7] != SNAPSHOT_MAGIC[7] {
-        let reason =
-            format!("snapshot format {}, this server reads format {} (bad magic)", bytes[7], SNAPSHOT_MAGIC[7]);
+        let reason = format!(
+            "snapshot file version {}, this server reads version {} (bad magic; an older server wrote it)",
+            bytes[7], SNAPSHOT_MAGIC[7]
+        );
         return Err(bad(0, &reason));
     }
     if bytes.len() < PREFIX_SIZE || bytes[0..8] != SNAPSHOT_MAGIC {
@@ -269,7 +271,7 @@ mod tests {
         assert_eq!(corrupt_at(decode(&damaged, &path())), (0, "not a shardcap snapshot (bad magic)".into()));
         let mut older = bytes.clone();
         older[7] = 2;
-        let expected = "snapshot format 2, this server reads format 3 (bad magic)";
+        let expected = "snapshot file version 2, this server reads version 3 (bad magic; an older server wrote it)";
         assert_eq!(corrupt_at(decode(&older, &path())), (0, expected.into()));
     }
 
