@@ -67,9 +67,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 use support::{Bench, Sizes};
 
-use shardcap::protocol::control::{
-    PoolCreate, PoolKind, PoolRules, RULE_FLAG_TRACK_USERS, SHARD_FLAG_DRAINED, ShardStatus,
-};
+use shardcap::protocol::control::{PoolCreate, PoolKind, PoolRules, SHARD_FLAG_DRAINED, ShardStatus};
 use shardcap::protocol::{
     ConfirmOp, LookupOp, OpResult, RESULT_FLAG_REPEAT, ReleaseOp, ReservationState, ReserveOp, Status, home_core,
 };
@@ -126,7 +124,7 @@ fn reserve_rules(n: u64) -> Duration {
         rate_per_s: 1_000,
         burst: 1_000,
         max_qty: 10,
-        flags: RULE_FLAG_TRACK_USERS,
+        flags: 0,
         kept_permille: 0,
         priority_min: 0,
     };

@@ -24,7 +24,7 @@ use crate::client::{Client, ClientError};
 use crate::config::Config;
 use crate::protocol::control::{
     PoolCreate, PoolInfo, PoolKind, PoolRef, PoolRules, PoolStatus, RULE_FLAG_TRACK_USERS, SHARD_FLAG_DRAINED,
-    SHARD_FLAG_HOME,
+    SHARD_FLAG_HOME, UserActivityRequest,
 };
 use crate::protocol::{
     ConfirmOp, ExtendOp, LookupOp, OpResult, RESULT_FLAG_REPEAT, ReleaseOp, ReservationState, ReserveOp, Status,
@@ -215,9 +215,39 @@ pub enum UserCommand {
         /// Only this pool (name or id).
         #[arg(long)]
         pool: Option<String>,
+        /// Only recent events of reservations now in this state.
+        #[arg(long, value_enum)]
+        status: Option<EventState>,
+        /// At most this many recent events per pool (the server keeps 4).
+        #[arg(long, default_value_t = 4)]
+        recent: u8,
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+/// A reservation state for `user activity --status`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum EventState {
+    /// Held.
+    Held,
+    /// Confirmed.
+    Confirmed,
+    /// Released.
+    Released,
+    /// Expired.
+    Expired,
+}
+
+impl EventState {
+    fn state(self) -> ReservationState {
+        match self {
+            EventState::Held => ReservationState::Held,
+            EventState::Confirmed => ReservationState::Confirmed,
+            EventState::Released => ReservationState::Released,
+            EventState::Expired => ReservationState::Expired,
+        }
+    }
 }
 
 /// Pool subcommands.
@@ -445,7 +475,10 @@ pub fn run_client(command: Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::Pool(cmd) => pool_command(cmd),
-        Command::User(UserCommand::Activity { user, pool, client }) => user_activity(&user, pool.as_deref(), &client),
+        Command::User(UserCommand::Activity { user, pool, status, recent, client }) => {
+            let state = status.map_or(0, |s| s.state() as u8);
+            user_activity(&user, pool.as_deref(), (state, recent), &client)
+        }
         Command::Reserve(args) => reserve(args),
         Command::Confirm(args) => {
             let mut c = connect(&args.target.client)?;
@@ -570,15 +603,20 @@ fn report(
     refused_if(status, what)
 }
 
-fn user_activity(user: &str, pool: Option<&str>, client: &ClientArgs) -> Result<(), Failure> {
+fn user_activity(
+    user: &str,
+    pool: Option<&str>,
+    (state, recent): (u8, u8),
+    client: &ClientArgs,
+) -> Result<(), Failure> {
     let mut c = connect(client)?;
     let pool_id = match pool {
         Some(pool) => resolve_pool(&mut c, pool)?.id,
         None => 0,
     };
-    let list = c
-        .user_activity(user_id_from_name(user), pool_id)?
-        .map_err(|s| Failure { code: 1, message: format!("user activity refused: {s}") })?;
+    let req = UserActivityRequest { user: user_id_from_name(user), pool: pool_id, state, recent };
+    let list =
+        c.user_activity(req)?.map_err(|s| Failure { code: 1, message: format!("user activity refused: {s}") })?;
     let names: std::collections::HashMap<u32, String> = c.pool_list()?.into_iter().map(|p| (p.id, p.name)).collect();
     let name = |id: u32| names.get(&id).cloned().unwrap_or_else(|| id.to_string());
     if client.json {
@@ -587,7 +625,9 @@ fn user_activity(user: &str, pool: Option<&str>, client: &ClientArgs) -> Result<
                 "{}",
                 json!({"user": user, "pool": name(a.pool), "pool_id": a.pool, "held": a.held, "confirmed": a.confirmed,
                        "pending": a.pending, "released": a.released, "expired": a.expired,
-                       "last_activity_ms": a.last_activity_ms, "attempts_left": a.attempts_left_milli as f64 / 1000.0})
+                       "last_activity_ms": a.last_activity_ms, "attempts_left": a.attempts_left_milli as f64 / 1000.0,
+                       "recent": a.events.iter().map(|e| json!({"id": format_id(e.id), "at_ms": e.at_ms, "qty": e.qty,
+                           "state": state_name(e.state)})).collect::<Vec<_>>()})
             );
         }
     } else if list.is_empty() {
@@ -604,9 +644,22 @@ fn user_activity(user: &str, pool: Option<&str>, client: &ClientArgs) -> Result<
                 a.expired,
                 now_ms().saturating_sub(a.last_activity_ms) / 1000
             );
+            for e in &a.events {
+                println!(
+                    "  {} {} of reservation {}, {} s ago",
+                    state_name(e.state),
+                    e.qty,
+                    format_id(e.id),
+                    now_ms().saturating_sub(e.at_ms) / 1000
+                );
+            }
         }
     }
     Ok(())
+}
+
+fn state_name(state: u8) -> &'static str {
+    ReservationState::from_u8(state).map_or("unknown", |s| s.name())
 }
 
 fn resolve_pool(c: &mut Client, pool: &str) -> Result<PoolInfo, Failure> {

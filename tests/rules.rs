@@ -14,6 +14,11 @@
 use proptest::prelude::*;
 use shardcap::protocol::control::{PoolCreate, PoolKind, PoolRules};
 use shardcap::protocol::{ConfirmOp, ExtendOp, ReleaseOp, ReservationState, ReserveOp, Status as S, home_core};
+
+const HELD: ReservationState = ReservationState::Held;
+const CONFIRMED: ReservationState = ReservationState::Confirmed;
+const RELEASED: ReservationState = ReservationState::Released;
+const EXPIRED: ReservationState = ReservationState::Expired;
 use shardcap::shard::cluster::Cluster;
 use shardcap::shard::{Command, Engine, EngineConfig, Outcome, Reply};
 
@@ -398,20 +403,28 @@ fn tracked_users_keep_their_activity_for_the_retention_period() {
         // Hold 3 expires at 1000.
         (1000, Tick,                                  S::Ok, 0),
     ]);
-    let a = e.user_activity(T0 + 1000, ALICE, 1);
+    let a = e.user_activity(T0 + 1000, ALICE, 1, 0, 4);
     assert_eq!(a.len(), 1);
     assert_eq!((a[0].held, a[0].confirmed, a[0].pending, a[0].released, a[0].expired), (0, 2, 0, 3, 4));
     assert_eq!(a[0].last_activity_ms, T0 + 1000, "the expiry is the last activity");
-    assert_eq!(e.user_activity(T0 + 1000, ALICE, 0), a, "every pool: the same single pool");
-    assert!(e.user_activity(T0 + 1000, BOB, 0).is_empty(), "nothing for a user who did nothing");
+    // The four most recent events, newest first: the expiry of 3, the release of 2, the
+    // confirm of 1, the hold of 3 (the holds of 1 and 2 fell out).
+    let events: Vec<(u128, u8, u64)> = a[0].events.iter().map(|ev| (ev.id, ev.state, ev.at_ms - T0)).collect();
+    let (h, c, r, x) = (HELD as u8, CONFIRMED as u8, RELEASED as u8, EXPIRED as u8);
+    assert_eq!(events, [(3, x, 1000), (2, r, 20), (1, c, 10), (3, h, 0)]);
+    let released = e.user_activity(T0 + 1000, ALICE, 1, r, 4);
+    assert_eq!(released[0].events.iter().map(|ev| ev.id).collect::<Vec<_>>(), [2], "filtered by state");
+    assert!(e.user_activity(T0 + 1000, ALICE, 1, 0, 0)[0].events.is_empty(), "no events asked for");
+    assert_eq!(e.user_activity(T0 + 1000, ALICE, 0, 0, 4), a, "every pool: the same single pool");
+    assert!(e.user_activity(T0 + 1000, BOB, 0, 0, 4).is_empty(), "nothing for a user who did nothing");
     // Without a limit, confirmed units do not keep the entry: it goes RETENTION after the
     // last activity.
     run(&mut e, &[(1000 + RETENTION - 1, Tick, S::Ok, 0)]);
-    assert_eq!(e.user_activity(T0 + 1000 + RETENTION - 1, ALICE, 1).len(), 1);
+    assert_eq!(e.user_activity(T0 + 1000 + RETENTION - 1, ALICE, 1, 0, 4).len(), 1);
     assert!(!e.tick_due(T0 + 1000 + RETENTION - 1));
     assert!(e.tick_due(T0 + 1000 + RETENTION), "a compaction due makes a tick due (and logged)");
     run(&mut e, &[(1000 + RETENTION, Tick, S::Ok, 0)]);
-    assert!(e.user_activity(T0 + 1000 + RETENTION, ALICE, 1).is_empty(), "compacted after the retention period");
+    assert!(e.user_activity(T0 + 1000 + RETENTION, ALICE, 1, 0, 4).is_empty(), "compacted after the retention period");
 }
 
 #[test]
@@ -426,17 +439,17 @@ fn turning_tracking_on_counts_the_reservations_already_there_and_compacts_idle_u
         // Alice's hold, held before tracking began, is released: counted, no underflow.
         (30, Release { id: 1, user: ALICE },         S::Ok, 0),
     ]);
-    let a = e.user_activity(T0 + 30, ALICE, 1);
+    let a = e.user_activity(T0 + 30, ALICE, 1, 0, 4);
     assert_eq!((a[0].held, a[0].released), (0, 2));
-    let b = e.user_activity(T0 + 30, BOB, 1);
+    let b = e.user_activity(T0 + 30, BOB, 1, 0, 4);
     assert_eq!((b[0].held, b[0].released, b[0].last_activity_ms), (0, 3, T0 + 20), "counted at the rule change");
     // Bob holds nothing: his entry goes RETENTION after the rule change, Alice's after her
     // release.
     run(&mut e, &[(20 + RETENTION, Tick, S::Ok, 0)]);
-    assert!(e.user_activity(T0 + 20 + RETENTION, BOB, 1).is_empty());
-    assert_eq!(e.user_activity(T0 + 20 + RETENTION, ALICE, 1).len(), 1);
+    assert!(e.user_activity(T0 + 20 + RETENTION, BOB, 1, 0, 4).is_empty());
+    assert_eq!(e.user_activity(T0 + 20 + RETENTION, ALICE, 1, 0, 4).len(), 1);
     run(&mut e, &[(30 + RETENTION, Tick, S::Ok, 0)]);
-    assert!(e.user_activity(T0 + 30 + RETENTION, ALICE, 1).is_empty());
+    assert!(e.user_activity(T0 + 30 + RETENTION, ALICE, 1, 0, 4).is_empty());
 }
 
 #[test]
@@ -444,9 +457,9 @@ fn attempts_left_are_reported_as_of_the_query() {
     let rate = PoolRules { rate_per_s: 1, burst: 4, ..PoolRules::default() };
     let mut e = engine(100, rate);
     run(&mut e, &[(0, Reserve { id: 1, user: ALICE, qty: 1 }, S::Ok, 1000)]);
-    assert_eq!(e.user_activity(T0, ALICE, 1)[0].attempts_left_milli, 3000);
-    assert_eq!(e.user_activity(T0 + 500, ALICE, 1)[0].attempts_left_milli, 3500);
-    assert_eq!(e.user_activity(T0 + 9000, ALICE, 1)[0].attempts_left_milli, 4000, "never above the burst");
+    assert_eq!(e.user_activity(T0, ALICE, 1, 0, 4)[0].attempts_left_milli, 3000);
+    assert_eq!(e.user_activity(T0 + 500, ALICE, 1, 0, 4)[0].attempts_left_milli, 3500);
+    assert_eq!(e.user_activity(T0 + 9000, ALICE, 1, 0, 4)[0].attempts_left_milli, 4000, "never above the burst");
 }
 
 // ----- priority: a kept share ------------------------------------------------------------------

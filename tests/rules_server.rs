@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use common::{Server, users_on};
 use shardcap::client::Client;
-use shardcap::protocol::control::{PoolRef, PoolRules};
-use shardcap::protocol::{ConfirmOp, ReserveOp, Status};
+use shardcap::protocol::control::{PoolRef, PoolRules, UserActivityRequest};
+use shardcap::protocol::{ConfirmOp, ReservationState, ReserveOp, Status};
 
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -170,6 +170,10 @@ fn rules_and_user_counts_survive_a_restart() {
     }
 }
 
+fn activity(user: u128, pool: u32) -> UserActivityRequest {
+    UserActivityRequest { user, pool, state: 0, recent: 4 }
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
@@ -208,19 +212,38 @@ fn user_activity_across_pools_is_answered_from_the_users_home_core() {
     }
     let before = now_ms();
     for mut asker in [server.client(), server.core_client(0)] {
-        let all = asker.user_activity(user, 0).unwrap().unwrap();
+        let all = asker.user_activity(activity(user, 0)).unwrap().unwrap();
         // The plain pool keeps no per-user state.
         assert_eq!(all.iter().map(|a| a.pool).collect::<Vec<_>>(), [ids[0], ids[2]]);
         for a in &all {
             assert_eq!((a.held, a.confirmed, a.pending, a.released, a.expired), (0, 2, 0, 1, 0), "{a:?}");
+            // Newest first: the release of the second reservation, the confirm of the first,
+            // then their holds.
+            let base = 100 * (ids.iter().position(|&p| p == a.pool).unwrap() as u128 + 1);
+            let states = [
+                ReservationState::Released,
+                ReservationState::Confirmed,
+                ReservationState::Held,
+                ReservationState::Held,
+            ];
+            let mut expected: Vec<(u128, u8)> =
+                [base + 2, base + 1, base + 2, base + 1].into_iter().zip(states.map(|s| s as u8)).collect();
+            if a.pool == ids[0] {
+                expected.clear(); // a limit alone keeps counts, not events
+            }
+            assert_eq!(a.events.iter().map(|e| (e.id, e.state)).collect::<Vec<_>>(), expected);
             assert!(a.last_activity_ms <= before && a.last_activity_ms + 60_000 > before, "{a:?}");
         }
-        let one = asker.user_activity(user, ids[2]).unwrap().unwrap();
+        let one = asker.user_activity(activity(user, ids[2])).unwrap().unwrap();
         assert_eq!(one, all[1..]);
-        assert!(asker.user_activity(user, ids[1]).unwrap().unwrap().is_empty());
-        assert!(asker.user_activity(users_on(0, 2, 1)[0], 0).unwrap().unwrap().is_empty());
+        let confirmed =
+            UserActivityRequest { state: ReservationState::Confirmed as u8, recent: 1, ..activity(user, ids[2]) };
+        let one = asker.user_activity(confirmed).unwrap().unwrap();
+        assert_eq!(one[0].events.iter().map(|e| e.id).collect::<Vec<_>>(), [301]);
+        assert!(asker.user_activity(activity(user, ids[1])).unwrap().unwrap().is_empty());
+        assert!(asker.user_activity(activity(users_on(0, 2, 1)[0], 0)).unwrap().unwrap().is_empty());
     }
-    assert_eq!(c.user_activity(0, 0).unwrap(), Err(Status::InvalidUser));
+    assert_eq!(c.user_activity(activity(0, 0)).unwrap(), Err(Status::InvalidUser));
 }
 
 #[test]

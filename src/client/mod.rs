@@ -257,11 +257,15 @@ impl Client {
         pool_info_answer(&r)
     }
 
-    /// A user's activity in pool `pool` (0: every pool), by pool id: pools whose rules keep
-    /// per-user state (a limit, a rate, or tracking) and where the user has an entry.
-    pub fn user_activity(&mut self, user: u128, pool: u32) -> Result<Result<Vec<UserActivity>, Status>, ClientError> {
+    /// A user's activity in `req.pool` (0: every pool), by pool id: pools whose rules keep
+    /// per-user state (a limit, a rate, or tracking) and where the user has an entry, each
+    /// with up to `req.recent` recent events (of reservations in `req.state`; 0: any).
+    pub fn user_activity(
+        &mut self,
+        req: UserActivityRequest,
+    ) -> Result<Result<Vec<UserActivity>, Status>, ClientError> {
         let mut body = Vec::new();
-        UserActivityRequest { user, pool }.encode(&mut body);
+        req.encode(&mut body);
         let r = self.call(Opcode::UserActivity, 1, &body)?;
         Ok(match control_payload(&r)? {
             Ok(payload) => {

@@ -328,7 +328,7 @@ impl Connection {
                         return body;
                     }
                     let home = crate::protocol::home_core(req.user, core.cores);
-                    match core.rpc(home, RpcReq::UserActivity { user: req.user, pool: req.pool }).await {
+                    match core.rpc(home, RpcReq::UserActivity(req)).await {
                         RpcResp::Activity(list) => {
                             put_prefix(&mut body, Status::Ok);
                             UserActivity::encode_list(&list, &mut body);

@@ -236,13 +236,19 @@ impl PoolRules {
 
 /// Request for a user's activity, answered on the user's home core.
 ///
-/// Body (24 bytes): user u128 @0, pool_id u32 @16 (0: every pool), reserved u32 @20.
+/// Body (24 bytes): user u128 @0, pool_id u32 @16 (0: every pool), state u8 @20 (recent
+/// events of reservations in this [`super::ReservationState`] only; 0: any), recent u8 @21
+/// (at most this many recent events per pool, newest first), reserved u16 @22.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UserActivityRequest {
     /// The user.
     pub user: u128,
     /// One pool, or 0 for every pool.
     pub pool: u32,
+    /// Only events of reservations in this state (0: any).
+    pub state: u8,
+    /// At most this many recent events per pool.
+    pub recent: u8,
 }
 
 impl UserActivityRequest {
@@ -253,25 +259,53 @@ impl UserActivityRequest {
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.user.to_le_bytes());
         out.extend_from_slice(&self.pool.to_le_bytes());
-        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&[self.state, self.recent, 0, 0]);
     }
 
     /// Decodes a body.
     pub fn decode(b: &[u8]) -> Result<Self, Malformed> {
-        if b.len() != Self::SIZE || b[20..24] != [0; 4] {
+        if b.len() != Self::SIZE || b[22..24] != [0; 2] || b[20] > 4 {
             return Err(Malformed);
         }
-        Ok(UserActivityRequest { user: u128::from_le_bytes(b[0..16].try_into().unwrap()), pool: u32_at(b, 16) })
+        Ok(UserActivityRequest {
+            user: u128::from_le_bytes(b[0..16].try_into().unwrap()),
+            pool: u32_at(b, 16),
+            state: b[20],
+            recent: b[21],
+        })
     }
+}
+
+/// One recent event of a user in a pool.
+///
+/// Layout (32 bytes): id u128 @0, at_ms u64 @16, qty u32 @24, state u8 @28 (the
+/// reservation's state after the event: held, confirmed, released or expired), reserved 3
+/// bytes @29.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ActivityEvent {
+    /// The reservation.
+    pub id: u128,
+    /// When, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// Units.
+    pub qty: u32,
+    /// [`super::ReservationState`] byte.
+    pub state: u8,
+}
+
+impl ActivityEvent {
+    /// Wire size in bytes.
+    pub const SIZE: usize = 32;
 }
 
 /// A user's activity in one pool (pools whose rules keep per-user state).
 ///
-/// Layout (64 bytes): pool_id u32 @0, reserved u32 @4, held u64 @8, confirmed u64 @16,
-/// pending u64 @24, released u64 @32, expired u64 @40, last_activity_ms u64 @48,
-/// attempts_left_milli u64 @56 (thousandths of reserve attempts left in a rate-limited pool).
-/// The answer's payload is a count u32 and reserved u32, then the entries by pool id.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Layout (64 bytes, then the events): pool_id u32 @0, event count u32 @4, held u64 @8,
+/// confirmed u64 @16, pending u64 @24, released u64 @32, expired u64 @40, last_activity_ms
+/// u64 @48, attempts_left_milli u64 @56 (thousandths of reserve attempts left in a
+/// rate-limited pool), then `event count` [`ActivityEvent`]s, newest first. The answer's
+/// payload is a count u32 and reserved u32, then the entries by pool id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UserActivity {
     /// The pool.
     pub pool: u32,
@@ -289,16 +323,18 @@ pub struct UserActivity {
     pub last_activity_ms: u64,
     /// Reserve attempts left, in thousandths (rate-limited pools).
     pub attempts_left_milli: u64,
+    /// Recent events, newest first.
+    pub events: Vec<ActivityEvent>,
 }
 
 impl UserActivity {
-    /// Wire size in bytes.
+    /// Size of the fixed part, before the events.
     pub const SIZE: usize = 64;
 
     /// Appends the encoding.
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.pool.to_le_bytes());
-        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&(self.events.len() as u32).to_le_bytes());
         for v in [
             self.held,
             self.confirmed,
@@ -310,6 +346,12 @@ impl UserActivity {
         ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
+        for e in &self.events {
+            out.extend_from_slice(&e.id.to_le_bytes());
+            out.extend_from_slice(&e.at_ms.to_le_bytes());
+            out.extend_from_slice(&e.qty.to_le_bytes());
+            out.extend_from_slice(&[e.state, 0, 0, 0]);
+        }
     }
 
     /// Decodes a payload: count, reserved, entries.
@@ -318,12 +360,14 @@ impl UserActivity {
             return Err(Malformed);
         }
         let count = u32_at(b, 0) as usize;
-        if b.len() != 8 + count * Self::SIZE {
-            return Err(Malformed);
-        }
-        Ok(b[8..]
-            .chunks_exact(Self::SIZE)
-            .map(|e| UserActivity {
+        let mut list = Vec::with_capacity(count.min(1024));
+        let mut rest = &b[8..];
+        for _ in 0..count {
+            let e = rest.get(..Self::SIZE).ok_or(Malformed)?;
+            let events = u32_at(e, 4) as usize;
+            let end = Self::SIZE + events.checked_mul(ActivityEvent::SIZE).ok_or(Malformed)?;
+            let ev = rest.get(Self::SIZE..end).ok_or(Malformed)?;
+            list.push(UserActivity {
                 pool: u32_at(e, 0),
                 held: u64_at(e, 8),
                 confirmed: u64_at(e, 16),
@@ -332,8 +376,22 @@ impl UserActivity {
                 expired: u64_at(e, 40),
                 last_activity_ms: u64_at(e, 48),
                 attempts_left_milli: u64_at(e, 56),
-            })
-            .collect())
+                events: ev
+                    .chunks_exact(ActivityEvent::SIZE)
+                    .map(|x| ActivityEvent {
+                        id: u128::from_le_bytes(x[0..16].try_into().unwrap()),
+                        at_ms: u64_at(x, 16),
+                        qty: u32_at(x, 24),
+                        state: x[28],
+                    })
+                    .collect(),
+            });
+            rest = &rest[end..];
+        }
+        if !rest.is_empty() {
+            return Err(Malformed);
+        }
+        Ok(list)
     }
 
     /// Appends a payload: count, reserved, entries.

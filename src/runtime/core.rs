@@ -498,10 +498,10 @@ impl CoreRuntime {
             }
             RpcReq::Lookup(op) => RpcResp::Lookup(self.engine.borrow().lookup(now, &op)),
             RpcReq::Stats => RpcResp::Stats(self.stats()),
-            RpcReq::UserActivity { user, pool } => {
+            RpcReq::UserActivity(r) => {
                 // Expire what is due first, so the activity shows what is really held.
                 self.tick();
-                RpcResp::Activity(self.engine.borrow().user_activity(now, user, pool))
+                RpcResp::Activity(self.engine.borrow().user_activity(now, r.user, r.pool, r.state, r.recent))
             }
             RpcReq::ApplyCreate(def) => {
                 self.apply(now, Command::CreatePool(def));

@@ -9,7 +9,7 @@
 //! `forwarded_operations_max_per_core`, parked reserves by `parked_reserves_max_per_core`,
 //! control requests by the frames in flight per connection.
 
-use crate::protocol::control::{CoreStats, PoolCreate, PoolInfo, ShardStatus, UserActivity};
+use crate::protocol::control::{CoreStats, PoolCreate, PoolInfo, ShardStatus, UserActivity, UserActivityRequest};
 use crate::protocol::{ConfirmOp, ExtendOp, LookupOp, LookupResult, OpResult, ReleaseOp, ReserveOp, Status};
 use crate::shard::{Command, PeerMsg, PoolDef};
 
@@ -82,7 +82,7 @@ pub enum RpcReq {
     /// This core's counters.
     Stats,
     /// To the user's home core: the user's activity in one pool (or every pool for 0).
-    UserActivity { user: u128, pool: u32 },
+    UserActivity(UserActivityRequest),
     /// To core 0: create a pool (core 0 assigns the id and tells every core).
     CreatePool(PoolCreate),
     /// To core 0: change a pool everywhere (a [`Command::SetPoolActive`] or

@@ -40,9 +40,11 @@ use std::collections::{HashMap, VecDeque};
 use super::holds::{HOLD_POOL_ID_MAX, HOLD_QTY_MAX, Hold, HoldSnap, HoldTable};
 use super::pool::{Bank, BankMode, Demand, POOL_CAPACITY_MAX, Parked, PoolDef, PoolSlot, Shard};
 use super::snapshot::{DemandSnap, LinkSnap, MsgSnap, ParkedSnap, PoolSnap, SNAPSHOT_FORMAT, SnapshotHead};
-use super::users::{Refusal, UserPool, UserState, Users};
+use super::users::{Note, Refusal, UserEvent, UserPool, UserState, Users};
 use super::wheel::TimerWheel;
-use crate::protocol::control::{PoolCreate, PoolInfo, PoolKind, PoolRules, ShardStatus, UserActivity, valid_pool_name};
+use crate::protocol::control::{
+    ActivityEvent, PoolCreate, PoolInfo, PoolKind, PoolRules, ShardStatus, UserActivity, valid_pool_name,
+};
 use crate::protocol::{
     ConfirmOp, ExtendOp, LookupOp, LookupResult, OpResult, RESULT_FLAG_REPEAT, ReleaseOp, ReservationState, ReserveOp,
     Status,
@@ -527,7 +529,8 @@ impl Engine {
             e.released += released;
             e.expired += expired;
         }
-        by_user.into_iter().map(|(user, state)| UserPool { pool, user, state }).collect()
+        // Recent events stay as they are (they are kept beside the counts).
+        by_user.into_iter().map(|(user, state)| UserPool { pool, user, state, recent: Default::default() }).collect()
     }
 
     /// A pool's definition.
@@ -599,18 +602,19 @@ impl Engine {
         let home = self.is_home(p);
         if home && self.pools[p].bank.mode == BankMode::Drained {
             // Every free unit of the pool is here: this is the whole pool's answer.
-            self.count_user(now_ms, p, op.user, [-(op.qty as i64), 0, 0, 0, 0]);
+            self.count_user(now_ms, p, op.user, [-(op.qty as i64), 0, 0, 0, 0], Note::Forget(op.id));
             return Reply::Done(self.sold_out(p));
         }
         if self.parked_total >= self.cfg.parked_max {
-            self.count_user(now_ms, p, op.user, [-(op.qty as i64), 0, 0, 0, 0]);
+            self.count_user(now_ms, p, op.user, [-(op.qty as i64), 0, 0, 0, 0], Note::Forget(op.id));
             return Reply::Done(OpResult::status(Status::Busy));
         }
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         self.pools[p].shard.waiting.push_back(Parked { ticket, op: *op, asked: false });
         self.parked_total += 1;
-        self.count_user(now_ms, p, op.user, [-(op.qty as i64), 0, op.qty as i64, 0, 0]);
+        // Waiting is not an event: the reserve's `held` event comes if it takes the units.
+        self.count_user(now_ms, p, op.user, [-(op.qty as i64), 0, op.qty as i64, 0, 0], Note::Forget(op.id));
         if home {
             let demand = Demand { from: self.cfg.core, ticket, need: op.qty as u64, priority: op.priority };
             self.pools[p].bank.queue.push_back(demand);
@@ -690,7 +694,7 @@ impl Engine {
         if !rules.per_user() {
             return Ok(());
         }
-        match self.users.attempt(&rules, op.pool, op.user, op.qty as u64, now_ms) {
+        match self.users.attempt(&rules, (op.pool, op.user, op.id), op.qty as u64, now_ms) {
             Ok(()) => Ok(()),
             Err(Refusal::Rate { next_at_ms }) => {
                 Err(OpResult { expires_at_ms: next_at_ms, ..OpResult::status(Status::RateLimited) })
@@ -701,10 +705,10 @@ impl Engine {
 
     /// Adds held, confirmed, pending, released and expired units to a user's entry in pool
     /// `p`, if the pool's rules keep per-user state.
-    fn count_user(&mut self, now_ms: u64, p: usize, user: u128, delta: [i64; 5]) {
+    fn count_user(&mut self, now_ms: u64, p: usize, user: u128, delta: [i64; 5], note: Note) {
         let def = &self.pools[p].def;
         if def.rules.per_user() {
-            self.users.add(&def.rules, def.id, user, now_ms, delta);
+            self.users.add(&def.rules, def.id, user, now_ms, delta, note);
         }
     }
 
@@ -715,8 +719,9 @@ impl Engine {
 
     /// A user's activity in pool `pool`, or in every pool for 0, by pool id, as of `now_ms`:
     /// the pools whose rules keep per-user state and where the user has an entry on this
-    /// core (the user's home core has them all).
-    pub fn user_activity(&self, now_ms: u64, user: u128, pool: u32) -> Vec<UserActivity> {
+    /// core (the user's home core has them all), each with up to `recent` of its recent
+    /// events, newest first, of reservations now in `state` (0: any).
+    pub fn user_activity(&self, now_ms: u64, user: u128, pool: u32, state: u8, recent: u8) -> Vec<UserActivity> {
         let pools = if pool == 0 { 1..=self.pools.len() as u32 } else { pool..=pool };
         pools
             .filter_map(|id| {
@@ -731,6 +736,13 @@ impl Engine {
                     expired: e.expired,
                     last_activity_ms: e.last_ms,
                     attempts_left_milli: if rules.rate_per_s > 0 { e.attempts_at(&rules, now_ms) } else { 0 },
+                    events: self
+                        .users
+                        .events(id, user)
+                        .filter(|ev| state == 0 || ev.state == state)
+                        .take(recent as usize)
+                        .map(|ev| ActivityEvent { id: ev.id, at_ms: ev.at_ms, qty: ev.qty, state: ev.state })
+                        .collect(),
                 })
             })
             .collect()
@@ -832,7 +844,8 @@ impl Engine {
                 let shard = &mut self.pools[p].shard;
                 shard.held -= h.qty() as u64;
                 shard.confirmed += h.qty() as u64;
-                self.count_user(now_ms, p, h.user(), [-(h.qty() as i64), h.qty() as i64, 0, 0, 0]);
+                let note = event(h.id(), now_ms, h.qty(), ReservationState::Confirmed);
+                self.count_user(now_ms, p, h.user(), [-(h.qty() as i64), h.qty() as i64, 0, 0, 0], note);
                 self.finish(now_ms, slot, ReservationState::Confirmed);
                 self.holds.set_commit_ref(slot, op.commit_ref);
                 self.result_of(slot, Status::Ok)
@@ -949,7 +962,7 @@ impl Engine {
         self.pools[p].shard.held -= h.qty() as u64;
         let q = h.qty() as i64;
         let delta = if state == ReservationState::Expired { [-q, 0, 0, 0, q] } else { [-q, 0, 0, q, 0] };
-        self.count_user(now_ms, p, h.user(), delta);
+        self.count_user(now_ms, p, h.user(), delta, event(h.id(), now_ms, h.qty(), state));
         self.finish(now_ms, slot, state);
         p
     }
@@ -1038,7 +1051,8 @@ impl Engine {
     fn left_line(&mut self, now_ms: u64, p: usize, op: &ReserveOp, result: &OpResult) {
         let took = result.status == Status::Ok as u8 && result.flags & RESULT_FLAG_REPEAT == 0;
         let qty = op.qty as i64;
-        self.count_user(now_ms, p, op.user, [if took { qty } else { 0 }, 0, -qty, 0, 0]);
+        let note = if took { event(op.id, now_ms, op.qty, ReservationState::Held) } else { Note::None };
+        self.count_user(now_ms, p, op.user, [if took { qty } else { 0 }, 0, -qty, 0, 0], note);
     }
 
     /// Serves the waiting line in order while it fits, then asks for what is missing (or,
@@ -1358,6 +1372,11 @@ impl Engine {
     pub fn available(&self, pool: u32) -> Option<u64> {
         self.pool_index(pool).map(|p| self.pools[p].shard.available())
     }
+}
+
+/// The note that records event `state` of reservation `id` for its user.
+fn event(id: u128, at_ms: u64, qty: u32, state: ReservationState) -> Note {
+    Note::Record(UserEvent { id, at_ms, qty, state: state as u8 })
 }
 
 // ----- snapshots -------------------------------------------------------------------------------

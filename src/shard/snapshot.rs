@@ -9,7 +9,7 @@ pub use super::users::UserPool;
 use crate::protocol::control::PoolRules;
 
 /// The version of this format.
-pub const SNAPSHOT_FORMAT: u32 = 3;
+pub const SNAPSHOT_FORMAT: u32 = 4;
 
 /// Everything but the reservation records.
 #[derive(Clone, Debug, PartialEq, Eq)]

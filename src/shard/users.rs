@@ -28,6 +28,37 @@ pub struct UserPool {
     pub user: u128,
     /// The user's state in the pool.
     pub state: UserState,
+    /// Recent events (pools that track users).
+    pub recent: Recent,
+}
+
+/// How many recent events each entry keeps.
+pub const RECENT_EVENTS: usize = 4;
+
+/// One of a user's recent events in a pool: a reservation held, confirmed, released or
+/// expired.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "server", derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize))]
+pub struct UserEvent {
+    /// The reservation.
+    pub id: u128,
+    /// When it happened, ms.
+    pub at_ms: u64,
+    /// Units.
+    pub qty: u32,
+    /// The reservation's state after it ([`crate::protocol::ReservationState`] byte).
+    pub state: u8,
+}
+
+/// What to do with an entry's recent events along with a count change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Note {
+    /// Nothing.
+    None,
+    /// Add this event (the newest).
+    Record(UserEvent),
+    /// Remove the event of this reservation (an admitted reserve that did not take units).
+    Forget(u128),
 }
 
 /// One user's state in one pool.
@@ -53,6 +84,49 @@ pub struct UserState {
     pub tokens_at_ms: u64,
     /// When the entry is due to be looked at for compaction (0: not queued).
     pub sweep_at_ms: u64,
+}
+
+/// A user's most recent events in a pool that tracks users, a ring: `len` valid ones, the
+/// newest just before `next` (recording one writes one slot). Kept beside the counts, so
+/// that pools with only a limit or a rate do not carry it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "server", derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize))]
+pub struct Recent {
+    /// The slots.
+    pub events: [UserEvent; RECENT_EVENTS],
+    /// Valid events.
+    pub len: u8,
+    /// The slot the next event goes to.
+    pub next: u8,
+}
+
+impl Recent {
+    /// The events, newest first.
+    pub fn iter(&self) -> impl Iterator<Item = &UserEvent> {
+        let next = self.next as usize;
+        (1..=self.len as usize).map(move |k| &self.events[(next + RECENT_EVENTS - k) % RECENT_EVENTS])
+    }
+
+    fn note(&mut self, note: Note) {
+        match note {
+            Note::None => {}
+            Note::Record(event) => {
+                self.events[self.next as usize] = event;
+                self.next = ((self.next as usize + 1) % RECENT_EVENTS) as u8;
+                self.len = (self.len + 1).min(RECENT_EVENTS as u8);
+            }
+            Note::Forget(id) => {
+                // Newest first, as a list; without the event; back into the ring.
+                let mut kept: Vec<UserEvent> = self.iter().copied().collect();
+                let Some(i) = kept.iter().position(|e| e.id == id) else { return };
+                kept.remove(i);
+                *self = Recent::default();
+                for e in kept.iter().rev() {
+                    self.note(Note::Record(*e));
+                }
+            }
+        }
+    }
 }
 
 impl UserState {
@@ -93,6 +167,8 @@ impl UserState {
 /// memory).
 pub struct Users {
     map: HashMap<(u32, u128), UserState, DefaultHashBuilder, HugeAlloc>,
+    /// Recent events of the entries of pools that track users.
+    recent: HashMap<(u32, u128), Recent, DefaultHashBuilder, HugeAlloc>,
     /// How long an idle user's activity is kept in a pool that tracks users, ms.
     pub retention_ms: u64,
     /// (due, pool, user): entries to look at again once their bucket is full.
@@ -119,6 +195,7 @@ impl Users {
     pub fn with_retention(retention_ms: u64) -> Users {
         Users {
             map: HashMap::with_hasher_in(DefaultHashBuilder::default(), HugeAlloc),
+            recent: HashMap::with_hasher_in(DefaultHashBuilder::default(), HugeAlloc),
             retention_ms,
             sweep: BinaryHeap::new(),
         }
@@ -141,7 +218,21 @@ impl Users {
 
     /// Every entry, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = UserPool> + '_ {
-        self.map.iter().map(|(&(pool, user), &state)| UserPool { pool, user, state })
+        self.map.iter().map(|(&(pool, user), &state)| {
+            let recent = self.recent.get(&(pool, user)).copied().unwrap_or_default();
+            UserPool { pool, user, state, recent }
+        })
+    }
+
+    /// The recent events of `user` in `pool`, newest first (pools that track users).
+    pub fn events(&self, pool: u32, user: u128) -> impl Iterator<Item = &UserEvent> {
+        self.recent.get(&(pool, user)).into_iter().flat_map(Recent::iter)
+    }
+
+    fn note(&mut self, rules: &PoolRules, key: (u32, u128), note: Note) {
+        if rules.tracks_users() && note != Note::None {
+            self.recent.entry(key).or_default().note(note);
+        }
     }
 
     fn entry(&mut self, pool: u32, user: u128, rules: &PoolRules, now_ms: u64) -> &mut UserState {
@@ -156,7 +247,13 @@ impl Users {
     /// has a rate), then checks the limit per user (if it has one). Admitted, the units
     /// are counted as held at once (one lookup on the hot path); the caller moves them to
     /// pending if the reserve waits, or takes them back if it is refused for capacity.
-    pub fn attempt(&mut self, rules: &PoolRules, pool: u32, user: u128, qty: u64, now_ms: u64) -> Result<(), Refusal> {
+    pub fn attempt(
+        &mut self,
+        rules: &PoolRules,
+        (pool, user, id): (u32, u128, u128),
+        qty: u64,
+        now_ms: u64,
+    ) -> Result<(), Refusal> {
         let e = self.entry(pool, user, rules, now_ms);
         e.last_ms = e.last_ms.max(now_ms);
         let mut refusal = None;
@@ -175,6 +272,12 @@ impl Users {
         match refusal {
             None => {
                 e.held += qty;
+                let held = crate::protocol::ReservationState::Held as u8;
+                self.note(
+                    rules,
+                    (pool, user),
+                    Note::Record(UserEvent { id, at_ms: now_ms, qty: qty as u32, state: held }),
+                );
                 Ok(())
             }
             Some(refusal) => {
@@ -186,7 +289,8 @@ impl Users {
 
     /// Adds units to an entry (negative: removes), `delta` = [held, confirmed, pending,
     /// released, expired], and drops it if it is idle.
-    pub fn add(&mut self, rules: &PoolRules, pool: u32, user: u128, now_ms: u64, delta: [i64; 5]) {
+    pub fn add(&mut self, rules: &PoolRules, pool: u32, user: u128, now_ms: u64, delta: [i64; 5], note: Note) {
+        self.note(rules, (pool, user), note);
         let e = self.entry(pool, user, rules, now_ms);
         let apply = |v: &mut u64, d: i64| *v = v.checked_add_signed(d).expect("user counts never go below zero");
         apply(&mut e.held, delta[0]);
@@ -212,6 +316,7 @@ impl Users {
         let full_at = e.full_at(rules).max(kept_until);
         if full_at <= now_ms {
             self.map.remove(&(pool, user));
+            self.recent.remove(&(pool, user));
         } else if e.sweep_at_ms == 0 {
             e.sweep_at_ms = full_at;
             self.sweep.push(Reverse((full_at, pool, user)));
@@ -247,6 +352,9 @@ impl Users {
         entries: impl IntoIterator<Item = UserPool>,
     ) {
         self.map.retain(|&(p, _), _| p != pool);
+        if !rules.tracks_users() {
+            self.recent.retain(|&(p, _), _| p != pool);
+        }
         for e in entries {
             self.insert(e);
             self.settle(rules, e.pool, e.user, now_ms);
@@ -261,6 +369,9 @@ impl Users {
 
     fn insert(&mut self, e: UserPool) {
         self.map.insert((e.pool, e.user), e.state);
+        if e.recent.len > 0 {
+            self.recent.insert((e.pool, e.user), e.recent);
+        }
         if e.state.sweep_at_ms != 0 {
             self.sweep.push(Reverse((e.state.sweep_at_ms, e.pool, e.user)));
         }
@@ -298,22 +409,22 @@ mod tests {
         let r = rules(0, 2, 3);
         let mut u = Users::default();
         for _ in 0..3 {
-            assert_eq!(u.attempt(&r, 1, 7, 1, T0), Ok(()));
+            assert_eq!(u.attempt(&r, (1, 7, 99), 1, T0), Ok(()));
         }
-        assert_eq!(u.attempt(&r, 1, 7, 1, T0), Err(Refusal::Rate { next_at_ms: T0 + 500 }));
-        assert_eq!(u.attempt(&r, 1, 7, 1, T0 + 499), Err(Refusal::Rate { next_at_ms: T0 + 500 }));
-        assert_eq!(u.attempt(&r, 1, 7, 1, T0 + 500), Ok(()));
+        assert_eq!(u.attempt(&r, (1, 7, 99), 1, T0), Err(Refusal::Rate { next_at_ms: T0 + 500 }));
+        assert_eq!(u.attempt(&r, (1, 7, 99), 1, T0 + 499), Err(Refusal::Rate { next_at_ms: T0 + 500 }));
+        assert_eq!(u.attempt(&r, (1, 7, 99), 1, T0 + 500), Ok(()));
         // Another user and another pool have their own buckets.
-        assert_eq!(u.attempt(&r, 1, 8, 1, T0 + 500), Ok(()));
-        assert_eq!(u.attempt(&r, 2, 7, 1, T0 + 500), Ok(()));
+        assert_eq!(u.attempt(&r, (1, 8, 99), 1, T0 + 500), Ok(()));
+        assert_eq!(u.attempt(&r, (2, 7, 99), 1, T0 + 500), Ok(()));
     }
 
     #[test]
     fn idle_entries_are_dropped_once_their_bucket_is_full() {
         let r = rules(0, 10, 2);
         let mut u = Users::default();
-        u.attempt(&r, 1, 7, 1, T0).unwrap();
-        u.add(&r, 1, 7, T0, [-1, 0, 0, 0, 0]); // refused for capacity after all
+        u.attempt(&r, (1, 7, 99), 1, T0).unwrap();
+        u.add(&r, 1, 7, T0, [-1, 0, 0, 0, 0], Note::None); // refused for capacity after all
         assert_eq!(u.len(), 1, "kept while the bucket refills");
         u.sweep(T0 + 99, |_| Some(r));
         assert_eq!(u.len(), 1);
@@ -321,14 +432,33 @@ mod tests {
         assert!(u.is_empty(), "dropped when full");
 
         let limit = rules(4, 0, 0);
-        u.attempt(&limit, 1, 7, 3, T0).unwrap();
+        u.attempt(&limit, (1, 7, 99), 3, T0).unwrap();
         assert_eq!(u.get(1, 7).map(|e| e.held), Some(3), "an admitted attempt counts as held");
-        assert_eq!(u.attempt(&limit, 1, 7, 2, T0), Err(Refusal::Limit));
-        u.add(&limit, 1, 7, T0, [-3, 3, 0, 0, 0]);
+        assert_eq!(u.attempt(&limit, (1, 7, 99), 2, T0), Err(Refusal::Limit));
+        u.add(&limit, 1, 7, T0, [-3, 3, 0, 0, 0], Note::None);
         assert_eq!(u.get(1, 7).map(|e| e.counted()), Some(3), "confirmed units count");
-        u.add(&limit, 1, 7, T0, [0, 0, 1, 0, 0]);
-        assert_eq!(u.attempt(&limit, 1, 7, 1, T0), Err(Refusal::Limit), "pending units count");
-        u.add(&limit, 1, 7, T0, [0, 0, -1, 0, 0]);
-        assert_eq!(u.attempt(&limit, 1, 7, 1, T0), Ok(()));
+        u.add(&limit, 1, 7, T0, [0, 0, 1, 0, 0], Note::None);
+        assert_eq!(u.attempt(&limit, (1, 7, 99), 1, T0), Err(Refusal::Limit), "pending units count");
+        u.add(&limit, 1, 7, T0, [0, 0, -1, 0, 0], Note::None);
+        assert_eq!(u.attempt(&limit, (1, 7, 99), 1, T0), Ok(()));
+    }
+
+    #[test]
+    fn recent_events_keep_the_newest_and_forget_on_request() {
+        let limit = PoolRules { flags: crate::protocol::control::RULE_FLAG_TRACK_USERS, ..rules(100, 0, 0) };
+        let mut u = Users::default();
+        for id in 1..=5u128 {
+            u.attempt(&limit, (1, 7, id), id as u64, T0 + id as u64).unwrap();
+        }
+        let ids = |u: &Users| u.events(1, 7).map(|e| e.id).collect::<Vec<_>>();
+        assert_eq!(ids(&u), [5, 4, 3, 2], "newest first, four kept");
+        u.add(&limit, 1, 7, T0, [-4, 0, 0, 0, 0], Note::Forget(4));
+        assert_eq!(ids(&u), [5, 3, 2]);
+        let confirmed = UserEvent { id: 3, at_ms: T0 + 9, qty: 3, state: 2 };
+        u.add(&limit, 1, 7, T0 + 9, [-3, 3, 0, 0, 0], Note::Record(confirmed));
+        assert_eq!(ids(&u), [3, 5, 3, 2]);
+        assert_eq!(u.events(1, 7).next(), Some(&confirmed));
+        u.add(&limit, 1, 7, T0, [0, 0, 0, 0, 0], Note::Forget(42));
+        assert_eq!(ids(&u), [3, 5, 3, 2], "forgetting an unknown id changes nothing");
     }
 }
