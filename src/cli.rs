@@ -215,7 +215,7 @@ pub enum UserCommand {
         /// Only this pool (name or id).
         #[arg(long)]
         pool: Option<String>,
-        /// Only recent events of reservations now in this state.
+        /// Only recent events of this kind (a reservation held, confirmed, released, expired).
         #[arg(long, value_enum)]
         status: Option<EventState>,
         /// At most this many recent events per pool (the server keeps 4).

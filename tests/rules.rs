@@ -619,3 +619,21 @@ fn the_kept_share_is_fixed_at_creation_and_a_large_one_still_undrains() {
     let s = e.shard_snapshot(1).unwrap();
     assert_eq!(s.flags & shardcap::protocol::control::SHARD_FLAG_DRAINED, 0, "{s:?}");
 }
+
+#[test]
+fn a_refused_reserve_leaves_no_event() {
+    let track = PoolRules { flags: shardcap::protocol::control::RULE_FLAG_TRACK_USERS, ..PoolRules::default() };
+    let mut e = engine(2, track);
+    #[rustfmt::skip]
+    run(&mut e, &[
+        (0, Reserve { id: 1, user: ALICE, qty: 1 }, S::Ok,      1000),
+        (1, Reserve { id: 2, user: ALICE, qty: 1 }, S::Ok,      1001),
+        (2, Reserve { id: 3, user: ALICE, qty: 1 }, S::SoldOut, 0),
+        (3, Release { id: 1, user: ALICE },         S::Ok,      0),
+        (4, Reserve { id: 4, user: ALICE, qty: 2 }, S::SoldOut, 0),
+    ]);
+    let a = e.user_activity(T0 + 4, ALICE, 1, 0, 4);
+    let events: Vec<(u128, u8)> = a[0].events.iter().map(|ev| (ev.id, ev.state)).collect();
+    assert_eq!(events, [(1, RELEASED as u8), (2, HELD as u8), (1, HELD as u8)], "sold-out reserves are not events");
+    assert_eq!((a[0].held, a[0].released), (1, 1));
+}

@@ -236,16 +236,17 @@ impl PoolRules {
 
 /// Request for a user's activity, answered on the user's home core.
 ///
-/// Body (24 bytes): user u128 @0, pool_id u32 @16 (0: every pool), state u8 @20 (recent
-/// events of reservations in this [`super::ReservationState`] only; 0: any), recent u8 @21
-/// (at most this many recent events per pool, newest first), reserved u16 @22.
+/// Body (24 bytes): user u128 @0, pool_id u32 @16 (0: every pool), state u8 @20 (only
+/// recent events of this kind, a [`super::ReservationState`]: a reservation held,
+/// confirmed, released or expired; 0: any), recent u8 @21 (at most this many recent events
+/// per pool, newest first), reserved u16 @22.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UserActivityRequest {
     /// The user.
     pub user: u128,
     /// One pool, or 0 for every pool.
     pub pool: u32,
-    /// Only events of reservations in this state (0: any).
+    /// Only events of this kind (the state the event put its reservation in; 0: any).
     pub state: u8,
     /// At most this many recent events per pool.
     pub recent: u8,

@@ -40,7 +40,7 @@ use std::collections::{HashMap, VecDeque};
 use super::holds::{HOLD_POOL_ID_MAX, HOLD_QTY_MAX, Hold, HoldSnap, HoldTable};
 use super::pool::{Bank, BankMode, Demand, POOL_CAPACITY_MAX, Parked, PoolDef, PoolSlot, Shard};
 use super::snapshot::{DemandSnap, LinkSnap, MsgSnap, ParkedSnap, PoolSnap, SNAPSHOT_FORMAT, SnapshotHead};
-use super::users::{Note, Refusal, UserEvent, UserPool, UserState, Users};
+use super::users::{Note, RECENT_EVENTS, Refusal, UserEvent, UserPool, UserState, Users};
 use super::wheel::TimerWheel;
 use crate::protocol::control::{
     ActivityEvent, PoolCreate, PoolInfo, PoolKind, PoolRules, ShardStatus, UserActivity, valid_pool_name,
@@ -596,17 +596,20 @@ impl Engine {
         }
         if self.pools[p].shard.waiting.is_empty() {
             if let Attempt::Done(result) = self.take(now_ms, p, op) {
+                let def = &self.pools[p].def;
+                let note = event(op.id, now_ms, op.qty, ReservationState::Held);
+                self.users.note(&def.rules, (def.id, op.user), note);
                 return Reply::Done(result);
             }
         }
         let home = self.is_home(p);
         if home && self.pools[p].bank.mode == BankMode::Drained {
             // Every free unit of the pool is here: this is the whole pool's answer.
-            self.count_user(now_ms, p, op.user, [-(op.qty as i64), 0, 0, 0, 0], Note::Forget(op.id));
+            self.count_user(now_ms, p, op.user, [-(op.qty as i64), 0, 0, 0, 0], Note::None);
             return Reply::Done(self.sold_out(p));
         }
         if self.parked_total >= self.cfg.parked_max {
-            self.count_user(now_ms, p, op.user, [-(op.qty as i64), 0, 0, 0, 0], Note::Forget(op.id));
+            self.count_user(now_ms, p, op.user, [-(op.qty as i64), 0, 0, 0, 0], Note::None);
             return Reply::Done(OpResult::status(Status::Busy));
         }
         let ticket = self.next_ticket;
@@ -614,7 +617,7 @@ impl Engine {
         self.pools[p].shard.waiting.push_back(Parked { ticket, op: *op, asked: false });
         self.parked_total += 1;
         // Waiting is not an event: the reserve's `held` event comes if it takes the units.
-        self.count_user(now_ms, p, op.user, [-(op.qty as i64), 0, op.qty as i64, 0, 0], Note::Forget(op.id));
+        self.count_user(now_ms, p, op.user, [-(op.qty as i64), 0, op.qty as i64, 0, 0], Note::None);
         if home {
             let demand = Demand { from: self.cfg.core, ticket, need: op.qty as u64, priority: op.priority };
             self.pools[p].bank.queue.push_back(demand);
@@ -694,7 +697,7 @@ impl Engine {
         if !rules.per_user() {
             return Ok(());
         }
-        match self.users.attempt(&rules, (op.pool, op.user, op.id), op.qty as u64, now_ms) {
+        match self.users.attempt(&rules, (op.pool, op.user), op.qty as u64, now_ms) {
             Ok(()) => Ok(()),
             Err(Refusal::Rate { next_at_ms }) => {
                 Err(OpResult { expires_at_ms: next_at_ms, ..OpResult::status(Status::RateLimited) })
@@ -720,7 +723,7 @@ impl Engine {
     /// A user's activity in pool `pool`, or in every pool for 0, by pool id, as of `now_ms`:
     /// the pools whose rules keep per-user state and where the user has an entry on this
     /// core (the user's home core has them all), each with up to `recent` of its recent
-    /// events, newest first, of reservations now in `state` (0: any).
+    /// events of kind `state` (held, confirmed, released, expired; 0: any), newest first.
     pub fn user_activity(&self, now_ms: u64, user: u128, pool: u32, state: u8, recent: u8) -> Vec<UserActivity> {
         let pools = if pool == 0 { 1..=self.pools.len() as u32 } else { pool..=pool };
         pools
@@ -1548,6 +1551,13 @@ impl Engine {
             }
         }
         e.next_ticket = head.next_ticket;
+        for u in &head.users {
+            let tracks = e.pool_index(u.pool).is_some_and(|p| e.pools[p].def.rules.tracks_users());
+            let (len, next) = (u.recent.len as usize, u.recent.next as usize);
+            if len > RECENT_EVENTS || next >= RECENT_EVENTS || (len > 0 && !tracks) {
+                return Err(format!("user {:x} in pool {}: recent events out of shape", u.user, u.pool));
+            }
+        }
         e.users = Users::restore(&head.users, head.retention_ms);
         let [operations, borrow_messages, expirations] = head.stats;
         e.stats = EngineStats { operations, borrow_messages, expirations };

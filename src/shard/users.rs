@@ -57,8 +57,6 @@ pub enum Note {
     None,
     /// Add this event (the newest).
     Record(UserEvent),
-    /// Remove the event of this reservation (an admitted reserve that did not take units).
-    Forget(u128),
 }
 
 /// One user's state in one pool.
@@ -114,16 +112,6 @@ impl Recent {
                 self.events[self.next as usize] = event;
                 self.next = ((self.next as usize + 1) % RECENT_EVENTS) as u8;
                 self.len = (self.len + 1).min(RECENT_EVENTS as u8);
-            }
-            Note::Forget(id) => {
-                // Newest first, as a list; without the event; back into the ring.
-                let mut kept: Vec<UserEvent> = self.iter().copied().collect();
-                let Some(i) = kept.iter().position(|e| e.id == id) else { return };
-                kept.remove(i);
-                *self = Recent::default();
-                for e in kept.iter().rev() {
-                    self.note(Note::Record(*e));
-                }
             }
         }
     }
@@ -229,7 +217,8 @@ impl Users {
         self.recent.get(&(pool, user)).into_iter().flat_map(Recent::iter)
     }
 
-    fn note(&mut self, rules: &PoolRules, key: (u32, u128), note: Note) {
+    /// Records `note` for `user` in `pool` if the pool tracks users.
+    pub fn note(&mut self, rules: &PoolRules, key: (u32, u128), note: Note) {
         if rules.tracks_users() && note != Note::None {
             self.recent.entry(key).or_default().note(note);
         }
@@ -250,7 +239,7 @@ impl Users {
     pub fn attempt(
         &mut self,
         rules: &PoolRules,
-        (pool, user, id): (u32, u128, u128),
+        (pool, user): (u32, u128),
         qty: u64,
         now_ms: u64,
     ) -> Result<(), Refusal> {
@@ -272,12 +261,6 @@ impl Users {
         match refusal {
             None => {
                 e.held += qty;
-                let held = crate::protocol::ReservationState::Held as u8;
-                self.note(
-                    rules,
-                    (pool, user),
-                    Note::Record(UserEvent { id, at_ms: now_ms, qty: qty as u32, state: held }),
-                );
                 Ok(())
             }
             Some(refusal) => {
@@ -352,13 +335,13 @@ impl Users {
         entries: impl IntoIterator<Item = UserPool>,
     ) {
         self.map.retain(|&(p, _), _| p != pool);
-        if !rules.tracks_users() {
-            self.recent.retain(|&(p, _), _| p != pool);
-        }
         for e in entries {
             self.insert(e);
             self.settle(rules, e.pool, e.user, now_ms);
         }
+        // Events live with their entry: a user the new rules keep no entry for loses them.
+        let (map, tracks) = (&self.map, rules.tracks_users());
+        self.recent.retain(|key, _| key.0 != pool || (tracks && map.contains_key(key)));
     }
 
     /// True if an entry is due to be looked at again by `now_ms` ([`Self::sweep`] would
@@ -409,21 +392,21 @@ mod tests {
         let r = rules(0, 2, 3);
         let mut u = Users::default();
         for _ in 0..3 {
-            assert_eq!(u.attempt(&r, (1, 7, 99), 1, T0), Ok(()));
+            assert_eq!(u.attempt(&r, (1, 7), 1, T0), Ok(()));
         }
-        assert_eq!(u.attempt(&r, (1, 7, 99), 1, T0), Err(Refusal::Rate { next_at_ms: T0 + 500 }));
-        assert_eq!(u.attempt(&r, (1, 7, 99), 1, T0 + 499), Err(Refusal::Rate { next_at_ms: T0 + 500 }));
-        assert_eq!(u.attempt(&r, (1, 7, 99), 1, T0 + 500), Ok(()));
+        assert_eq!(u.attempt(&r, (1, 7), 1, T0), Err(Refusal::Rate { next_at_ms: T0 + 500 }));
+        assert_eq!(u.attempt(&r, (1, 7), 1, T0 + 499), Err(Refusal::Rate { next_at_ms: T0 + 500 }));
+        assert_eq!(u.attempt(&r, (1, 7), 1, T0 + 500), Ok(()));
         // Another user and another pool have their own buckets.
-        assert_eq!(u.attempt(&r, (1, 8, 99), 1, T0 + 500), Ok(()));
-        assert_eq!(u.attempt(&r, (2, 7, 99), 1, T0 + 500), Ok(()));
+        assert_eq!(u.attempt(&r, (1, 8), 1, T0 + 500), Ok(()));
+        assert_eq!(u.attempt(&r, (2, 7), 1, T0 + 500), Ok(()));
     }
 
     #[test]
     fn idle_entries_are_dropped_once_their_bucket_is_full() {
         let r = rules(0, 10, 2);
         let mut u = Users::default();
-        u.attempt(&r, (1, 7, 99), 1, T0).unwrap();
+        u.attempt(&r, (1, 7), 1, T0).unwrap();
         u.add(&r, 1, 7, T0, [-1, 0, 0, 0, 0], Note::None); // refused for capacity after all
         assert_eq!(u.len(), 1, "kept while the bucket refills");
         u.sweep(T0 + 99, |_| Some(r));
@@ -432,33 +415,39 @@ mod tests {
         assert!(u.is_empty(), "dropped when full");
 
         let limit = rules(4, 0, 0);
-        u.attempt(&limit, (1, 7, 99), 3, T0).unwrap();
+        u.attempt(&limit, (1, 7), 3, T0).unwrap();
         assert_eq!(u.get(1, 7).map(|e| e.held), Some(3), "an admitted attempt counts as held");
-        assert_eq!(u.attempt(&limit, (1, 7, 99), 2, T0), Err(Refusal::Limit));
+        assert_eq!(u.attempt(&limit, (1, 7), 2, T0), Err(Refusal::Limit));
         u.add(&limit, 1, 7, T0, [-3, 3, 0, 0, 0], Note::None);
         assert_eq!(u.get(1, 7).map(|e| e.counted()), Some(3), "confirmed units count");
         u.add(&limit, 1, 7, T0, [0, 0, 1, 0, 0], Note::None);
-        assert_eq!(u.attempt(&limit, (1, 7, 99), 1, T0), Err(Refusal::Limit), "pending units count");
+        assert_eq!(u.attempt(&limit, (1, 7), 1, T0), Err(Refusal::Limit), "pending units count");
         u.add(&limit, 1, 7, T0, [0, 0, -1, 0, 0], Note::None);
-        assert_eq!(u.attempt(&limit, (1, 7, 99), 1, T0), Ok(()));
+        assert_eq!(u.attempt(&limit, (1, 7), 1, T0), Ok(()));
     }
 
     #[test]
-    fn recent_events_keep_the_newest_and_forget_on_request() {
-        let limit = PoolRules { flags: crate::protocol::control::RULE_FLAG_TRACK_USERS, ..rules(100, 0, 0) };
+    fn recent_events_keep_the_newest_four_in_pools_that_track_users() {
+        let track = PoolRules { flags: crate::protocol::control::RULE_FLAG_TRACK_USERS, ..rules(100, 0, 0) };
         let mut u = Users::default();
+        let held = |id: u128| UserEvent { id, at_ms: T0 + id as u64, qty: id as u32, state: 1 };
         for id in 1..=5u128 {
-            u.attempt(&limit, (1, 7, id), id as u64, T0 + id as u64).unwrap();
+            u.attempt(&track, (1, 7), id as u64, T0 + id as u64).unwrap();
+            u.note(&track, (1, 7), Note::Record(held(id)));
         }
         let ids = |u: &Users| u.events(1, 7).map(|e| e.id).collect::<Vec<_>>();
         assert_eq!(ids(&u), [5, 4, 3, 2], "newest first, four kept");
-        u.add(&limit, 1, 7, T0, [-4, 0, 0, 0, 0], Note::Forget(4));
-        assert_eq!(ids(&u), [5, 3, 2]);
         let confirmed = UserEvent { id: 3, at_ms: T0 + 9, qty: 3, state: 2 };
-        u.add(&limit, 1, 7, T0 + 9, [-3, 3, 0, 0, 0], Note::Record(confirmed));
-        assert_eq!(ids(&u), [3, 5, 3, 2]);
+        u.add(&track, 1, 7, T0 + 9, [-3, 3, 0, 0, 0], Note::Record(confirmed));
+        assert_eq!(ids(&u), [3, 5, 4, 3]);
         assert_eq!(u.events(1, 7).next(), Some(&confirmed));
-        u.add(&limit, 1, 7, T0, [0, 0, 0, 0, 0], Note::Forget(42));
-        assert_eq!(ids(&u), [3, 5, 3, 2], "forgetting an unknown id changes nothing");
+        // A pool that does not track users keeps no events.
+        let limit = rules(100, 0, 0);
+        u.attempt(&limit, (2, 7), 1, T0).unwrap();
+        u.note(&limit, (2, 7), Note::Record(held(1)));
+        assert_eq!(u.events(2, 7).count(), 0);
+        // Turning tracking off drops the events.
+        u.reset_pool(1, &limit, T0 + 10, []);
+        assert_eq!(u.events(1, 7).count(), 0);
     }
 }
