@@ -610,14 +610,17 @@ fn user_activity(
     client: &ClientArgs,
 ) -> Result<(), Failure> {
     let mut c = connect(client)?;
-    let pool_id = match pool {
-        Some(pool) => resolve_pool(&mut c, pool)?.id,
-        None => 0,
-    };
-    let req = UserActivityRequest { user: user_id_from_name(user), pool: pool_id, state, recent };
+    let one = pool.map(|pool| resolve_pool(&mut c, pool)).transpose()?;
+    let req =
+        UserActivityRequest { user: user_id_from_name(user), pool: one.as_ref().map_or(0, |p| p.id), state, recent };
     let list =
         c.user_activity(req)?.map_err(|s| Failure { code: 1, message: format!("user activity refused: {s}") })?;
-    let names: std::collections::HashMap<u32, String> = c.pool_list()?.into_iter().map(|p| (p.id, p.name)).collect();
+    // Pool names: the one asked for, or (only if there is something to show) all of them.
+    let names: std::collections::HashMap<u32, String> = match one {
+        Some(p) => [(p.id, p.name)].into(),
+        None if list.is_empty() => Default::default(),
+        None => c.pool_list()?.into_iter().map(|p| (p.id, p.name)).collect(),
+    };
     let name = |id: u32| names.get(&id).cloned().unwrap_or_else(|| id.to_string());
     if client.json {
         for a in &list {

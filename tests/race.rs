@@ -7,7 +7,8 @@
 //! forwarded between cores) and half use their users' core ports.
 //!
 //! Checks: exactly 1,000 units end up confirmed, never more; the server's own status agrees
-//! (held 0, confirmed 1,000, capacity conserved); the cores exchanged units; and `sold_out`
+//! (held 0, confirmed 1,000, capacity conserved); the hot core borrowed and sold more than its
+//! initial half; and `sold_out`
 //! was never premature: since nothing is ever released, no reserve sent *after* some client
 //! received `sold_out` may succeed (that would mean capacity was left somewhere — a phantom
 //! sold-out). Every loop is bounded in iterations and time.
@@ -116,4 +117,5 @@ fn sixteen_clients_race_for_the_last_units() {
     let stats = admin.server_stats().unwrap();
     let borrow_messages: u64 = stats.iter().map(|s| s.borrow_messages).sum();
     assert!(borrow_messages > 0, "core 0 ran dry and must have borrowed: {stats:?}");
+    assert!(status.shards[0].confirmed > CAPACITY / 2, "the hot core sold more than its initial half: {status:?}");
 }

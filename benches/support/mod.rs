@@ -1,4 +1,4 @@
-//! The small harness both microbenchmarks share: full mode under `cargo bench` (the `--bench`
+//! The small harness every microbenchmark (engine, protocol, wal) shares: full mode under `cargo bench` (the `--bench`
 //! argument), a tiny checking mode under `cargo test`, an optional name filter, and one
 //! aligned line per case.
 

@@ -4,7 +4,7 @@
 //! Every control response body starts with an 8-byte result prefix — status u8, then 7
 //! reserved bytes — followed by the payload when the status is `ok`.
 
-use super::ops::{u16_at, u32_at, u64_at};
+use super::ops::{u16_at, u32_at, u64_at, u128_at};
 use super::status::Status;
 
 /// The longest pool name in bytes.
@@ -265,15 +265,10 @@ impl UserActivityRequest {
 
     /// Decodes a body.
     pub fn decode(b: &[u8]) -> Result<Self, Malformed> {
-        if b.len() != Self::SIZE || b[22..24] != [0; 2] || b[20] > 4 {
+        if b.len() != Self::SIZE || b[22..24] != [0; 2] || super::ReservationState::from_u8(b[20]).is_none() {
             return Err(Malformed);
         }
-        Ok(UserActivityRequest {
-            user: u128::from_le_bytes(b[0..16].try_into().unwrap()),
-            pool: u32_at(b, 16),
-            state: b[20],
-            recent: b[21],
-        })
+        Ok(UserActivityRequest { user: u128_at(b, 0), pool: u32_at(b, 16), state: b[20], recent: b[21] })
     }
 }
 
@@ -380,7 +375,7 @@ impl UserActivity {
                 events: ev
                     .chunks_exact(ActivityEvent::SIZE)
                     .map(|x| ActivityEvent {
-                        id: u128::from_le_bytes(x[0..16].try_into().unwrap()),
+                        id: u128_at(x, 0),
                         at_ms: u64_at(x, 16),
                         qty: u32_at(x, 24),
                         state: x[28],
@@ -407,7 +402,7 @@ impl UserActivity {
 
 /// Request to change a pool's rules; answered with the pool's [`PoolInfo`].
 ///
-/// Body (48 bytes): pool_id u32 @0, reserved u32 @4, rules ([`PoolRules`]) @8.
+/// Body (56 bytes): pool_id u32 @0, reserved u32 @4, rules ([`PoolRules`]) @8.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolSetRules {
     /// The pool.

@@ -260,7 +260,6 @@ impl CoreRuntime {
         match self.apply(now_ms, command) {
             Outcome::Reserve(Reply::Done(r)) | Outcome::Op(r) => Ok(OpOutput::Op(r)),
             Outcome::Reserve(Reply::Parked(ticket)) => Err(ticket),
-            Outcome::Lookup(r) => Ok(OpOutput::Lookup(r)),
             other => unreachable!("client operation answered {other:?}"),
         }
     }

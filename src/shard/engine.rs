@@ -4,7 +4,8 @@
 //!
 //! # Borrowing, without double counting or phantom sold-out
 //!
-//! Each pool has a shard on every core, starting with an even split of the capacity, and a
+//! Each pool has a shard on every core, starting with an even split of the capacity (the
+//! home core also starts with the units kept for priority reserves, if any), and a
 //! home core (`pool id mod cores`) that coordinates borrowing (the "bank"; its free units
 //! are the home shard's free units). Units only move inside messages, and the sender
 //! debits before it sends: `capacity + lent - borrowed` of a shard never changes, so the
@@ -26,8 +27,8 @@
 //!   never hoard what busy ones need, and a shard that ran dry never answers `sold_out`
 //!   while a sibling still has capacity.
 //! - When everything asked for during a recall could be granted, or when a drained pool
-//!   has gathered an eighth of its capacity again (and at least one unit per core) through
-//!   releases and expiries, the home core tells the shards to go back to normal borrowing.
+//!   has gathered an eighth of its units that are not kept for priority reserves again (at
+//!   least one unit per core, at most all of them) through releases and expiries, the home core tells the shards to go back to normal borrowing.
 //! - Exactness is with respect to what the home core can know: units freed by a release on
 //!   another core while the home core decides are still on their way home, and that
 //!   release counts as happening after the `sold_out`.
@@ -467,8 +468,8 @@ impl Engine {
 
     /// Replaces a pool's rules; they apply from the next reserve. `kept_permille` cannot
     /// change (`invalid_rules`): it decided the split of the capacity at creation. Reserves already held or
-    /// waiting are not checked again. A change that turns a limit per user or a rate on or
-    /// off counts each user's units afresh from the reservations on this core (holds,
+    /// waiting are not checked again. A change that turns a limit per user, a rate or user
+    /// tracking on or off counts each user's units afresh from the reservations on this core (holds,
     /// waiting reserves, and the confirmed reservations still retained: confirmed units
     /// purged after `retention_ms` are not counted), with full buckets. A change of values
     /// only (a higher limit, another rate) keeps every count and bucket.
@@ -850,7 +851,9 @@ impl Engine {
                 let note = event(h.id(), now_ms, h.qty(), ReservationState::Confirmed);
                 self.count_user(now_ms, p, h.user(), [-(h.qty() as i64), h.qty() as i64, 0, 0, 0], note);
                 self.finish(now_ms, slot, ReservationState::Confirmed);
-                self.holds.set_commit_ref(slot, op.commit_ref);
+                if op.commit_ref != 0 {
+                    self.holds.set_commit_ref(slot, op.commit_ref);
+                }
                 self.result_of(slot, Status::Ok)
             }
             ReservationState::None => unreachable!("indexed records are never in state none"),
@@ -970,7 +973,7 @@ impl Engine {
         p
     }
 
-    /// Expires due holds and purges records past retention.
+    /// Expires due holds, purges records past retention and drops idle per-user entries.
     pub fn tick(&mut self, now_ms: u64) {
         self.last_now_ms = self.last_now_ms.max(now_ms);
         let pools = &self.pools;
@@ -1006,8 +1009,8 @@ impl Engine {
         self.expiring = expiring;
     }
 
-    /// True if time `now_ms` may expire holds or purge records: a [`Command::Tick`] then
-    /// changes the state (and a log must record it).
+    /// True if time `now_ms` may expire holds, purge records or drop idle per-user entries:
+    /// a [`Command::Tick`] then changes the state (and a log must record it).
     pub fn tick_due(&self, now_ms: u64) -> bool {
         self.wheel.may_have_due(now_ms) || self.users.sweep_due(now_ms)
     }
@@ -1159,12 +1162,13 @@ impl Engine {
         }
     }
 
-    /// A drained pool that has gathered an eighth of its capacity (at least one unit per
-    /// core) goes back to normal.
+    /// A drained pool that has gathered an eighth of its units that are not kept for
+    /// priority reserves (at least one unit per core, at most all of them) goes back to
+    /// normal.
     fn maybe_undrain(&mut self, p: usize) {
         // Of the units lower priorities may take (all of them without a kept share).
         let def = &self.pools[p].def;
-        let general = def.capacity - def.rules.kept_units(def.capacity);
+        let general = def.general_units();
         let threshold = (general / 8).max(self.cfg.cores as u64).min(general.max(1));
         if self.usable(p, 0) >= threshold {
             self.undrain(p);
@@ -1570,7 +1574,9 @@ impl Engine {
             let mut hold = Hold::new(r.id, r.user, r.pool, r.qty, r.when_ms);
             hold.set_state(state);
             let slot = e.holds.insert(hold).ok_or("more reservations than holds_max")?;
-            e.holds.set_commit_ref(slot, r.commit_ref);
+            if r.commit_ref != 0 {
+                e.holds.set_commit_ref(slot, r.commit_ref);
+            }
             e.wheel.insert(slot, r.when_ms, &mut e.holds);
         }
         match e.audit_failure() {

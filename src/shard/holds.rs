@@ -299,7 +299,10 @@ impl HoldTable {
     /// Removes the record in `slot` (it must not be filed in the wheel any more).
     pub fn remove(&mut self, slot: u32) {
         self.before_change(slot);
-        self.commit_refs[slot as usize] = 0;
+        // Written only if set: the zeroed pages of unconfirmed slots stay untouched.
+        if self.commit_refs[slot as usize] != 0 {
+            self.commit_refs[slot as usize] = 0;
+        }
         let id = self.slab[slot as usize].id();
         let hash = self.hasher.hash_one(id);
         let slab = &self.slab;

@@ -43,10 +43,14 @@ impl PoolDef {
     /// remainder to the lowest cores.
     pub fn initial_share(&self, core: u16, cores: u16) -> u64 {
         let n = cores as u64;
-        let kept = self.rules.kept_units(self.capacity);
-        let rest = self.capacity - kept;
+        let rest = self.general_units();
         let even = rest / n + u64::from((core as u64) < rest % n);
-        if core == self.home_core(cores) { even + kept } else { even }
+        if core == self.home_core(cores) { even + (self.capacity - rest) } else { even }
+    }
+
+    /// Units any reserve may take: the capacity less the units kept for priority reserves.
+    pub fn general_units(&self) -> u64 {
+        self.capacity - self.rules.kept_units(self.capacity)
     }
 
     /// The definition as the protocol reports it.

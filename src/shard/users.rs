@@ -13,6 +13,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
+use hashbrown::hash_map::Entry;
 use hashbrown::{DefaultHashBuilder, HashMap};
 
 use super::huge::HugeAlloc;
@@ -154,7 +155,7 @@ impl UserState {
 /// entries are reached at random, so room for every possible user would soon be resident
 /// memory).
 pub struct Users {
-    map: HashMap<(u32, u128), UserState, DefaultHashBuilder, HugeAlloc>,
+    map: UserMap,
     /// Recent events of the entries of pools that track users.
     recent: HashMap<(u32, u128), Recent, DefaultHashBuilder, HugeAlloc>,
     /// How long an idle user's activity is kept in a pool that tracks users, ms.
@@ -166,6 +167,51 @@ pub struct Users {
 impl Default for Users {
     fn default() -> Self {
         Users::with_retention(0)
+    }
+}
+
+/// The entry of `key`, created with a full bucket if there is none: one lookup, and the
+/// handle can remove the entry without another.
+fn entry<'a>(map: &'a mut UserMap, key: (u32, u128), rules: &PoolRules, now_ms: u64) -> Occupied<'a> {
+    match map.entry(key) {
+        Entry::Occupied(o) => o,
+        Entry::Vacant(v) => v.insert_entry(UserState {
+            tokens_milli: rules.burst as u64 * 1000,
+            tokens_at_ms: now_ms,
+            ..UserState::default()
+        }),
+    }
+}
+
+type UserMap = HashMap<(u32, u128), UserState, DefaultHashBuilder, HugeAlloc>;
+
+type Occupied<'a> = hashbrown::hash_map::OccupiedEntry<'a, (u32, u128), UserState, DefaultHashBuilder, HugeAlloc>;
+
+/// Drops the entry if nothing needs it any more, or queues it for when its bucket is full
+/// (and, in a pool that tracks users, its retention is over).
+fn settle(
+    mut o: Occupied<'_>,
+    rules: &PoolRules,
+    now_ms: u64,
+    retention_ms: u64,
+    recent: &mut HashMap<(u32, u128), Recent, DefaultHashBuilder, HugeAlloc>,
+    sweep: &mut BinaryHeap<Reverse<(u64, u32, u128)>>,
+) {
+    let key = *o.key();
+    let e = o.get_mut();
+    let confirmed = if rules.max_per_user > 0 { e.confirmed } else { 0 };
+    if e.held + e.pending + confirmed > 0 {
+        return;
+    }
+    e.refill(rules, now_ms);
+    let kept_until = if rules.tracks_users() { e.last_ms + retention_ms } else { 0 };
+    let due = e.full_at(rules).max(kept_until);
+    if due <= now_ms {
+        o.remove();
+        recent.remove(&key);
+    } else if e.sweep_at_ms == 0 {
+        e.sweep_at_ms = due;
+        sweep.push(Reverse((due, key.0, key.1)));
     }
 }
 
@@ -224,14 +270,6 @@ impl Users {
         }
     }
 
-    fn entry(&mut self, pool: u32, user: u128, rules: &PoolRules, now_ms: u64) -> &mut UserState {
-        self.map.entry((pool, user)).or_insert_with(|| UserState {
-            tokens_milli: rules.burst as u64 * 1000,
-            tokens_at_ms: now_ms,
-            ..UserState::default()
-        })
-    }
-
     /// A new reserve attempt of `qty` units: takes one attempt from the bucket (if the pool
     /// has a rate), then checks the limit per user (if it has one). Admitted, the units
     /// are counted as held at once (one lookup on the hot path); the caller moves them to
@@ -243,7 +281,8 @@ impl Users {
         qty: u64,
         now_ms: u64,
     ) -> Result<(), Refusal> {
-        let e = self.entry(pool, user, rules, now_ms);
+        let mut o = entry(&mut self.map, (pool, user), rules, now_ms);
+        let e = o.get_mut();
         e.last_ms = e.last_ms.max(now_ms);
         let mut refusal = None;
         if rules.rate_per_s > 0 {
@@ -264,7 +303,7 @@ impl Users {
                 Ok(())
             }
             Some(refusal) => {
-                self.settle(rules, pool, user, now_ms);
+                settle(o, rules, now_ms, self.retention_ms, &mut self.recent, &mut self.sweep);
                 Err(refusal)
             }
         }
@@ -274,7 +313,8 @@ impl Users {
     /// released, expired], and drops it if it is idle.
     pub fn add(&mut self, rules: &PoolRules, pool: u32, user: u128, now_ms: u64, delta: [i64; 5], note: Note) {
         self.note(rules, (pool, user), note);
-        let e = self.entry(pool, user, rules, now_ms);
+        let mut o = entry(&mut self.map, (pool, user), rules, now_ms);
+        let e = o.get_mut();
         let apply = |v: &mut u64, d: i64| *v = v.checked_add_signed(d).expect("user counts never go below zero");
         apply(&mut e.held, delta[0]);
         apply(&mut e.confirmed, delta[1]);
@@ -283,26 +323,14 @@ impl Users {
         apply(&mut e.expired, delta[4]);
         e.last_ms = e.last_ms.max(now_ms);
         if delta.iter().any(|&d| d < 0) {
-            self.settle(rules, pool, user, now_ms);
+            settle(o, rules, now_ms, self.retention_ms, &mut self.recent, &mut self.sweep);
         }
     }
 
-    /// Drops the entry if nothing needs it any more, or queues it for when its bucket is full.
-    fn settle(&mut self, rules: &PoolRules, pool: u32, user: u128, now_ms: u64) {
-        let Some(e) = self.map.get_mut(&(pool, user)) else { return };
-        let confirmed = if rules.max_per_user > 0 { e.confirmed } else { 0 };
-        if e.held + e.pending + confirmed > 0 {
-            return;
-        }
-        e.refill(rules, now_ms);
-        let kept_until = if rules.tracks_users() { e.last_ms + self.retention_ms } else { 0 };
-        let full_at = e.full_at(rules).max(kept_until);
-        if full_at <= now_ms {
-            self.map.remove(&(pool, user));
-            self.recent.remove(&(pool, user));
-        } else if e.sweep_at_ms == 0 {
-            e.sweep_at_ms = full_at;
-            self.sweep.push(Reverse((full_at, pool, user)));
+    /// [`settle`] for the entry of `key`, if there is one.
+    fn settle_key(&mut self, rules: &PoolRules, key: (u32, u128), now_ms: u64) {
+        if let Entry::Occupied(o) = self.map.entry(key) {
+            settle(o, rules, now_ms, self.retention_ms, &mut self.recent, &mut self.sweep);
         }
     }
 
@@ -313,13 +341,13 @@ impl Users {
                 break;
             }
             self.sweep.pop();
-            let Some(e) = self.map.get_mut(&(pool, user)) else { continue };
-            if e.sweep_at_ms != due {
+            let Entry::Occupied(mut o) = self.map.entry((pool, user)) else { continue };
+            if o.get().sweep_at_ms != due {
                 continue;
             }
-            e.sweep_at_ms = 0;
+            o.get_mut().sweep_at_ms = 0;
             if let Some(rules) = rules_of(pool) {
-                self.settle(&rules, pool, user, now_ms);
+                settle(o, &rules, now_ms, self.retention_ms, &mut self.recent, &mut self.sweep);
             }
         }
     }
@@ -337,7 +365,7 @@ impl Users {
         self.map.retain(|&(p, _), _| p != pool);
         for e in entries {
             self.insert(e);
-            self.settle(rules, e.pool, e.user, now_ms);
+            self.settle_key(rules, (e.pool, e.user), now_ms);
         }
         // Events live with their entry: a user the new rules keep no entry for loses them.
         let (map, tracks) = (&self.map, rules.tracks_users());

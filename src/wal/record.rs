@@ -488,7 +488,7 @@ mod tests {
         let active = Command::SetPoolActive { pool: 1, active: true };
         let cases: Vec<(&str, Vec<u8>)> = vec![
             ("unknown kind 0", edited(&Command::Tick, |b| b[0] = 0)),
-            ("unknown kind 10", edited(&Command::Tick, |b| b[0] = 10)),
+            ("unknown kind 11", edited(&Command::Tick, |b| b[0] = 11)),
             ("tick with a field", edited(&Command::Tick, |b| b.push(0))),
             ("reserve one byte short", edited(&reserve, |b| b.truncate(b.len() - 1))),
             ("reserve one byte long", edited(&reserve, |b| b.push(0))),

@@ -107,6 +107,7 @@ pub fn recover(
     let mut append_at = None;
     let mut torn = None;
     let mut bytes = Vec::new();
+    let (mut drop_sent, mut drop_decided) = (Vec::new(), Vec::new());
     for (i, (first_lsn, path)) in segments.iter().enumerate() {
         let last = i + 1 == segments.len();
         if !last && segments[i + 1].0 <= snapshot_lsn + 1 {
@@ -156,10 +157,11 @@ pub fn recover(
                 },
             };
             e.apply(rec.now_ms, rec.command);
-            let mut drop_sent = Vec::new();
+            // What replay sends and decides is dropped (section 8.2 of docs/WAL.md).
             e.take_outbox(&mut drop_sent);
-            let mut drop_decided = Vec::new();
+            drop_sent.clear();
             e.take_completions(&mut drop_decided);
+            drop_decided.clear();
             last_lsn = rec.lsn;
             replayed += 1;
             Ok(())

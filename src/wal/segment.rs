@@ -138,9 +138,12 @@ pub fn scan(
             Err(bad) => {
                 let reason = format!("record {expected} is unreadable ({bad:?})");
                 // A torn tail has nothing readable after the damage; corruption has.
-                let damaged_alone = !(pos + 1..bytes.len())
-                    .any(|p| matches!(record::decode(&bytes[p..]), Ok((rec, _)) if rec.lsn >= expected));
-                if last && damaged_alone {
+                // (Only the last segment can end torn: the search is skipped for the others.)
+                let damaged_alone = || {
+                    !(pos + 1..bytes.len())
+                        .any(|p| matches!(record::decode(&bytes[p..]), Ok((rec, _)) if rec.lsn >= expected))
+                };
+                if last && damaged_alone() {
                     let end = SegmentEnd::TornTail { offset: pos as u64, bytes: (bytes.len() - pos) as u64 };
                     return Ok(SegmentScan { header, valid_len: pos as u64, last_lsn: expected - 1, end });
                 }

@@ -78,7 +78,7 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Snapshot, WalError> {
     };
     if bytes.len() >= PREFIX_SIZE && bytes[0..7] == SNAPSHOT_MAGIC[0..7] && bytes[7] != SNAPSHOT_MAGIC[7] {
         let reason = format!(
-            "snapshot file version {}, this server reads version {} (bad magic; an older server wrote it)",
+            "snapshot file version {}, this server reads version {} (bad magic; another version of the server wrote it)",
             bytes[7], SNAPSHOT_MAGIC[7]
         );
         return Err(bad(0, &reason));
@@ -271,7 +271,8 @@ mod tests {
         assert_eq!(corrupt_at(decode(&damaged, &path())), (0, "not a shardcap snapshot (bad magic)".into()));
         let mut older = bytes.clone();
         older[7] = 2;
-        let expected = "snapshot file version 2, this server reads version 4 (bad magic; an older server wrote it)";
+        let expected =
+            "snapshot file version 2, this server reads version 4 (bad magic; another version of the server wrote it)";
         assert_eq!(corrupt_at(decode(&older, &path())), (0, expected.into()));
     }
 

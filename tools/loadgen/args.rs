@@ -136,8 +136,8 @@ pub struct Args {
     /// Units per reserve.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub qty: u32,
-    /// Hold TTL of every reserve, in ms [default: 60000; 2000 for churn]. Also the pools'
-    /// default TTL; their maximum is max(ttl, 900000).
+    /// Hold TTL of every reserve, in ms [default: 60000; 2000 for churn]. Created pools have
+    /// a default TTL of 60000 and a maximum of 86400000 (one day), which is also the cap.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub ttl_ms: Option<u32>,
     /// churn: the fraction of successful holds released in a later frame (0..=1).

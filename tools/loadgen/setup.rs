@@ -127,6 +127,13 @@ pub fn prepare(plan: &Plan) -> Result<Setup, String> {
                             "pool {name} exists and is inactive; activate it or use another --pool-prefix"
                         ));
                     }
+                    // A repeated creation answers the existing pool whatever its rules.
+                    if info.rules != plan.rules {
+                        return Err(format!(
+                            "pool {name} exists with other rules ({:?}); use another --pool-prefix",
+                            info.rules
+                        ));
+                    }
                     pool_ids.push(info.id);
                 }
                 Ok(Err(Status::PoolExists)) => {
