@@ -87,8 +87,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// `sync`, `batch` or `none` (memory only).
-    #[arg(long)]
-    pub durability: Option<String>,
+    #[arg(long, value_enum)]
+    pub durability: Option<crate::wal::Durability>,
     /// First per-core port (0: OS-chosen ports).
     #[arg(long)]
     pub core_port_base: Option<u16>,
@@ -439,13 +439,8 @@ pub fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(dir) = &args.data_dir {
         config.server.data_dir = dir.clone();
     }
-    if let Some(mode) = &args.durability {
-        config.durability.mode = match mode.as_str() {
-            "sync" => crate::wal::Durability::Sync,
-            "batch" => crate::wal::Durability::Batch,
-            "none" => crate::wal::Durability::None,
-            other => anyhow::bail!("--durability {other}: expected sync, batch or none"),
-        };
+    if let Some(mode) = args.durability {
+        config.durability.mode = mode;
     }
     if let Some(base) = args.core_port_base {
         config.server.core_port_base = base;
@@ -882,22 +877,10 @@ fn set_active(pool: &str, client: &ClientArgs, active: bool) -> Result<(), Failu
 
 /// The `core-<n>` directories of `data_dir` that hold a snapshot or a log segment, by core.
 fn cores_with_data(data_dir: &Path) -> Result<Vec<(u16, PathBuf)>, Failure> {
-    let unreadable = |e: &dyn std::fmt::Display| usage(format!("{}: {e}", data_dir.display()));
     if !data_dir.is_dir() {
         return Err(usage(format!("{}: not a directory", data_dir.display())));
     }
-    let mut cores = Vec::new();
-    for entry in std::fs::read_dir(data_dir).map_err(|e| unreadable(&e))? {
-        let entry = entry.map_err(|e| unreadable(&e))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(n) = name.strip_prefix("core-").and_then(|n| n.parse::<u16>().ok()) else { continue };
-        let files = recovery::list(&entry.path()).map_err(|e| usage(e.to_string()))?;
-        if !files.snapshots.is_empty() || !files.segments.is_empty() {
-            cores.push((n, entry.path()));
-        }
-    }
-    cores.sort();
-    Ok(cores)
+    recovery::cores_with_data(data_dir).map_err(|e| usage(e.to_string()))
 }
 
 /// Exit code for a log that could not be read: 1 when it is damaged or of another layout, 2

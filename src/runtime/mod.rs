@@ -342,17 +342,7 @@ async fn recover_core(
 /// Refuses a data directory written by a server with another core count: users are placed
 /// on cores by a hash of the core count, so the logs cannot be read with another one.
 fn check_layout(data_dir: &std::path::Path, cores: u16) -> Result<(), crate::wal::WalError> {
-    let Ok(entries) = std::fs::read_dir(data_dir) else { return Ok(()) };
-    let mut with_data = Vec::new();
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(n) = name.strip_prefix("core-").and_then(|n| n.parse::<u16>().ok()) else { continue };
-        let files = recovery::list(&entry.path())?;
-        if !files.snapshots.is_empty() || !files.segments.is_empty() {
-            with_data.push(n);
-        }
-    }
-    with_data.sort();
+    let with_data: Vec<u16> = recovery::cores_with_data(data_dir)?.into_iter().map(|(n, _)| n).collect();
     let found = with_data.len() as u16;
     if with_data.is_empty() || with_data == (0..cores).collect::<Vec<_>>() {
         return Ok(());

@@ -41,7 +41,7 @@ use std::collections::{HashMap, VecDeque};
 use super::holds::{HOLD_POOL_ID_MAX, HOLD_QTY_MAX, Hold, HoldSnap, HoldTable};
 use super::pool::{Bank, BankMode, Demand, POOL_CAPACITY_MAX, Parked, PoolDef, PoolSlot, Shard};
 use super::snapshot::{DemandSnap, LinkSnap, MsgSnap, ParkedSnap, PoolSnap, SNAPSHOT_FORMAT, SnapshotHead};
-use super::users::{Note, RECENT_EVENTS, Refusal, UserEvent, UserPool, UserState, Users};
+use super::users::{RECENT_EVENTS, Refusal, UserEvent, UserPool, UserState, Users};
 use super::wheel::TimerWheel;
 use crate::protocol::control::{
     ActivityEvent, PoolCreate, PoolInfo, PoolKind, PoolRules, ShardStatus, UserActivity, valid_pool_name,
@@ -501,34 +501,28 @@ impl Engine {
         let pool = self.pools[p].def.id;
         let rules = self.pools[p].def.rules;
         let mut by_user: HashMap<u128, UserState> = HashMap::new();
-        // [held, confirmed, pending, released, expired] of each reservation.
-        let mut counts: Vec<(u128, [u64; 5])> = Vec::new();
-        for (_, h) in self.holds.iter().filter(|(_, h)| h.pool() == pool) {
-            let q = h.qty() as u64;
-            let units = match h.state() {
-                ReservationState::Held => [q, 0, 0, 0, 0],
-                ReservationState::Confirmed => [0, q, 0, 0, 0],
-                ReservationState::Released => [0, 0, 0, q, 0],
-                ReservationState::Expired => [0, 0, 0, 0, q],
-                ReservationState::None => continue,
-            };
-            counts.push((h.user(), units));
-        }
-        for w in &self.pools[p].shard.waiting {
-            counts.push((w.op.user, [0, 0, w.op.qty as u64, 0, 0]));
-        }
-        for (user, [held, confirmed, pending, released, expired]) in counts {
-            let e = by_user.entry(user).or_insert_with(|| UserState {
-                tokens_milli: rules.burst as u64 * 1000,
-                tokens_at_ms: now_ms,
-                last_ms: now_ms,
-                ..UserState::default()
-            });
+        let mut count = |user, [held, confirmed, pending, released, expired]: [u64; 5]| {
+            let e = by_user
+                .entry(user)
+                .or_insert_with(|| UserState { last_ms: now_ms, ..UserState::fresh(&rules, now_ms) });
             e.held += held;
             e.confirmed += confirmed;
             e.pending += pending;
             e.released += released;
             e.expired += expired;
+        };
+        for (_, h) in self.holds.iter().filter(|(_, h)| h.pool() == pool) {
+            let q = h.qty() as u64;
+            match h.state() {
+                ReservationState::Held => count(h.user(), [q, 0, 0, 0, 0]),
+                ReservationState::Confirmed => count(h.user(), [0, q, 0, 0, 0]),
+                ReservationState::Released => count(h.user(), [0, 0, 0, q, 0]),
+                ReservationState::Expired => count(h.user(), [0, 0, 0, 0, q]),
+                ReservationState::None => {}
+            }
+        }
+        for w in &self.pools[p].shard.waiting {
+            count(w.op.user, [0, 0, w.op.qty as u64, 0, 0]);
         }
         // Recent events stay as they are (they are kept beside the counts).
         by_user.into_iter().map(|(user, state)| UserPool { pool, user, state, recent: Default::default() }).collect()
@@ -606,11 +600,11 @@ impl Engine {
         let home = self.is_home(p);
         if home && self.pools[p].bank.mode == BankMode::Drained {
             // Every free unit of the pool is here: this is the whole pool's answer.
-            self.count_user(now_ms, p, op.user, [-(op.qty as i64), 0, 0, 0, 0], Note::None);
+            self.count_user(now_ms, p, op.user, [-(op.qty as i64), 0, 0, 0, 0], None);
             return Reply::Done(self.sold_out(p));
         }
         if self.parked_total >= self.cfg.parked_max {
-            self.count_user(now_ms, p, op.user, [-(op.qty as i64), 0, 0, 0, 0], Note::None);
+            self.count_user(now_ms, p, op.user, [-(op.qty as i64), 0, 0, 0, 0], None);
             return Reply::Done(OpResult::status(Status::Busy));
         }
         let ticket = self.next_ticket;
@@ -618,7 +612,7 @@ impl Engine {
         self.pools[p].shard.waiting.push_back(Parked { ticket, op: *op, asked: false });
         self.parked_total += 1;
         // Waiting is not an event: the reserve's `held` event comes if it takes the units.
-        self.count_user(now_ms, p, op.user, [-(op.qty as i64), 0, op.qty as i64, 0, 0], Note::None);
+        self.count_user(now_ms, p, op.user, [-(op.qty as i64), 0, op.qty as i64, 0, 0], None);
         if home {
             let demand = Demand { from: self.cfg.core, ticket, need: op.qty as u64, priority: op.priority };
             self.pools[p].bank.queue.push_back(demand);
@@ -709,7 +703,7 @@ impl Engine {
 
     /// Adds held, confirmed, pending, released and expired units to a user's entry in pool
     /// `p`, if the pool's rules keep per-user state.
-    fn count_user(&mut self, now_ms: u64, p: usize, user: u128, delta: [i64; 5], note: Note) {
+    fn count_user(&mut self, now_ms: u64, p: usize, user: u128, delta: [i64; 5], note: Option<UserEvent>) {
         let def = &self.pools[p].def;
         if def.rules.per_user() {
             self.users.add(&def.rules, def.id, user, now_ms, delta, note);
@@ -1057,7 +1051,7 @@ impl Engine {
     fn left_line(&mut self, now_ms: u64, p: usize, op: &ReserveOp, result: &OpResult) {
         let took = result.status == Status::Ok as u8 && result.flags & RESULT_FLAG_REPEAT == 0;
         let qty = op.qty as i64;
-        let note = if took { event(op.id, now_ms, op.qty, ReservationState::Held) } else { Note::None };
+        let note = if took { event(op.id, now_ms, op.qty, ReservationState::Held) } else { None };
         self.count_user(now_ms, p, op.user, [if took { qty } else { 0 }, 0, -qty, 0, 0], note);
     }
 
@@ -1271,7 +1265,8 @@ impl Engine {
         let parked = self.pools[p].shard.waiting[pos];
         match (self.attempt(now_ms, p, &parked.op), refusal) {
             (Attempt::Done(result), _) | (Attempt::Short, Some(result)) => {
-                self.unpark(p, ticket);
+                self.pools[p].shard.waiting.remove(pos);
+                self.parked_total -= 1;
                 self.left_line(now_ms, p, &parked.op, &result);
                 self.complete(ticket, result);
             }
@@ -1381,9 +1376,9 @@ impl Engine {
     }
 }
 
-/// The note that records event `state` of reservation `id` for its user.
-fn event(id: u128, at_ms: u64, qty: u32, state: ReservationState) -> Note {
-    Note::Record(UserEvent { id, at_ms, qty, state: state as u8 })
+/// The event `state` of reservation `id` for its user.
+fn event(id: u128, at_ms: u64, qty: u32, state: ReservationState) -> Option<UserEvent> {
+    Some(UserEvent { id, at_ms, qty, state: state as u8 })
 }
 
 // ----- snapshots -------------------------------------------------------------------------------

@@ -51,15 +51,6 @@ pub struct UserEvent {
     pub state: u8,
 }
 
-/// What to do with an entry's recent events along with a count change.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Note {
-    /// Nothing.
-    None,
-    /// Add this event (the newest).
-    Record(UserEvent),
-}
-
 /// One user's state in one pool.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "server", derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize))]
@@ -106,19 +97,19 @@ impl Recent {
         (1..=self.len as usize).map(move |k| &self.events[(next + RECENT_EVENTS - k) % RECENT_EVENTS])
     }
 
-    fn note(&mut self, note: Note) {
-        match note {
-            Note::None => {}
-            Note::Record(event) => {
-                self.events[self.next as usize] = event;
-                self.next = ((self.next as usize + 1) % RECENT_EVENTS) as u8;
-                self.len = (self.len + 1).min(RECENT_EVENTS as u8);
-            }
-        }
+    fn record(&mut self, event: UserEvent) {
+        self.events[self.next as usize] = event;
+        self.next = ((self.next as usize + 1) % RECENT_EVENTS) as u8;
+        self.len = (self.len + 1).min(RECENT_EVENTS as u8);
     }
 }
 
 impl UserState {
+    /// A new entry at `now_ms`: nothing counted, a full bucket.
+    pub fn fresh(rules: &PoolRules, now_ms: u64) -> UserState {
+        UserState { tokens_milli: rules.burst as u64 * 1000, tokens_at_ms: now_ms, ..UserState::default() }
+    }
+
     /// Units that count against a limit per user.
     pub fn counted(&self) -> u64 {
         self.held + self.confirmed + self.pending
@@ -175,11 +166,7 @@ impl Default for Users {
 fn entry<'a>(map: &'a mut UserMap, key: (u32, u128), rules: &PoolRules, now_ms: u64) -> Occupied<'a> {
     match map.entry(key) {
         Entry::Occupied(o) => o,
-        Entry::Vacant(v) => v.insert_entry(UserState {
-            tokens_milli: rules.burst as u64 * 1000,
-            tokens_at_ms: now_ms,
-            ..UserState::default()
-        }),
+        Entry::Vacant(v) => v.insert_entry(UserState::fresh(rules, now_ms)),
     }
 }
 
@@ -263,10 +250,10 @@ impl Users {
         self.recent.get(&(pool, user)).into_iter().flat_map(Recent::iter)
     }
 
-    /// Records `note` for `user` in `pool` if the pool tracks users.
-    pub fn note(&mut self, rules: &PoolRules, key: (u32, u128), note: Note) {
-        if rules.tracks_users() && note != Note::None {
-            self.recent.entry(key).or_default().note(note);
+    /// Records `event` for `user` in `pool` if there is one and the pool tracks users.
+    pub fn note(&mut self, rules: &PoolRules, key: (u32, u128), event: Option<UserEvent>) {
+        if let Some(event) = event.filter(|_| rules.tracks_users()) {
+            self.recent.entry(key).or_default().record(event);
         }
     }
 
@@ -311,8 +298,16 @@ impl Users {
 
     /// Adds units to an entry (negative: removes), `delta` = [held, confirmed, pending,
     /// released, expired], and drops it if it is idle.
-    pub fn add(&mut self, rules: &PoolRules, pool: u32, user: u128, now_ms: u64, delta: [i64; 5], note: Note) {
-        self.note(rules, (pool, user), note);
+    pub fn add(
+        &mut self,
+        rules: &PoolRules,
+        pool: u32,
+        user: u128,
+        now_ms: u64,
+        delta: [i64; 5],
+        event: Option<UserEvent>,
+    ) {
+        self.note(rules, (pool, user), event);
         let mut o = entry(&mut self.map, (pool, user), rules, now_ms);
         let e = o.get_mut();
         let apply = |v: &mut u64, d: i64| *v = v.checked_add_signed(d).expect("user counts never go below zero");
@@ -435,7 +430,7 @@ mod tests {
         let r = rules(0, 10, 2);
         let mut u = Users::default();
         u.attempt(&r, (1, 7), 1, T0).unwrap();
-        u.add(&r, 1, 7, T0, [-1, 0, 0, 0, 0], Note::None); // refused for capacity after all
+        u.add(&r, 1, 7, T0, [-1, 0, 0, 0, 0], None); // refused for capacity after all
         assert_eq!(u.len(), 1, "kept while the bucket refills");
         u.sweep(T0 + 99, |_| Some(r));
         assert_eq!(u.len(), 1);
@@ -446,11 +441,11 @@ mod tests {
         u.attempt(&limit, (1, 7), 3, T0).unwrap();
         assert_eq!(u.get(1, 7).map(|e| e.held), Some(3), "an admitted attempt counts as held");
         assert_eq!(u.attempt(&limit, (1, 7), 2, T0), Err(Refusal::Limit));
-        u.add(&limit, 1, 7, T0, [-3, 3, 0, 0, 0], Note::None);
+        u.add(&limit, 1, 7, T0, [-3, 3, 0, 0, 0], None);
         assert_eq!(u.get(1, 7).map(|e| e.counted()), Some(3), "confirmed units count");
-        u.add(&limit, 1, 7, T0, [0, 0, 1, 0, 0], Note::None);
+        u.add(&limit, 1, 7, T0, [0, 0, 1, 0, 0], None);
         assert_eq!(u.attempt(&limit, (1, 7), 1, T0), Err(Refusal::Limit), "pending units count");
-        u.add(&limit, 1, 7, T0, [0, 0, -1, 0, 0], Note::None);
+        u.add(&limit, 1, 7, T0, [0, 0, -1, 0, 0], None);
         assert_eq!(u.attempt(&limit, (1, 7), 1, T0), Ok(()));
     }
 
@@ -461,18 +456,18 @@ mod tests {
         let held = |id: u128| UserEvent { id, at_ms: T0 + id as u64, qty: id as u32, state: 1 };
         for id in 1..=5u128 {
             u.attempt(&track, (1, 7), id as u64, T0 + id as u64).unwrap();
-            u.note(&track, (1, 7), Note::Record(held(id)));
+            u.note(&track, (1, 7), Some(held(id)));
         }
         let ids = |u: &Users| u.events(1, 7).map(|e| e.id).collect::<Vec<_>>();
         assert_eq!(ids(&u), [5, 4, 3, 2], "newest first, four kept");
         let confirmed = UserEvent { id: 3, at_ms: T0 + 9, qty: 3, state: 2 };
-        u.add(&track, 1, 7, T0 + 9, [-3, 3, 0, 0, 0], Note::Record(confirmed));
+        u.add(&track, 1, 7, T0 + 9, [-3, 3, 0, 0, 0], Some(confirmed));
         assert_eq!(ids(&u), [3, 5, 4, 3]);
         assert_eq!(u.events(1, 7).next(), Some(&confirmed));
         // A pool that does not track users keeps no events.
         let limit = rules(100, 0, 0);
         u.attempt(&limit, (2, 7), 1, T0).unwrap();
-        u.note(&limit, (2, 7), Note::Record(held(1)));
+        u.note(&limit, (2, 7), Some(held(1)));
         assert_eq!(u.events(2, 7).count(), 0);
         // Turning tracking off drops the events.
         u.reset_pool(1, &limit, T0 + 10, []);

@@ -48,7 +48,7 @@ impl Drop for TempDir {
 use std::path::PathBuf;
 
 /// How a server makes its state durable.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
     /// Answers wait until their records are on disk (one fdatasync for everything applied

@@ -69,6 +69,24 @@ pub fn list(dir: &Path) -> Result<DirFiles, WalError> {
     Ok(DirFiles { snapshots, segments })
 }
 
+/// The `core-<n>` directories of `data_dir` that hold a snapshot or a log segment, by core
+/// (none if `data_dir` does not exist).
+pub fn cores_with_data(data_dir: &Path) -> Result<Vec<(u16, PathBuf)>, WalError> {
+    let Ok(entries) = std::fs::read_dir(data_dir) else { return Ok(Vec::new()) };
+    let mut cores = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io(data_dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(n) = name.strip_prefix("core-").and_then(|n| n.parse::<u16>().ok()) else { continue };
+        let files = list(&entry.path())?;
+        if !files.snapshots.is_empty() || !files.segments.is_empty() {
+            cores.push((n, entry.path()));
+        }
+    }
+    cores.sort();
+    Ok(cores)
+}
+
 /// Recovers core `core` of `cores` from `dir`. `each` sees every record read (replayed or
 /// not); with `cut_torn_tail` a torn tail is removed from the file (a last segment without
 /// a header, the whole file). Without it, nothing in `dir` changes.
