@@ -2,9 +2,10 @@
 //! their results (the proxy hop), the state machines' borrowing messages, and control
 //! requests (pool changes, status gathering).
 //!
-//! Every message to another core goes through a local unbounded queue drained by one
-//! sender task per peer, so that no task that handles a message ever waits for a full
-//! channel: two cores sending to each other cannot deadlock. The queues stay bounded in
+//! A message to another core goes straight into the channel when it has room and nothing
+//! is queued before it; otherwise into a local unbounded queue drained by one sender task
+//! per peer, so that no task that handles a message ever waits for a full channel: two
+//! cores sending to each other cannot deadlock. The queues stay bounded in
 //! practice because what feeds them is: forwarded operations by
 //! `forwarded_operations_max_per_core`, parked reserves by `parked_reserves_max_per_core`,
 //! control requests by the frames in flight per connection.

@@ -573,7 +573,7 @@ impl Engine {
     /// `invalid_quantity`, `pool_not_found`, `wrong_pool_kind`, `invalid_ttl`, then for an id
     /// already in use `id_exists_with_different_pool` / `_user` / `_quantity` or an `ok`
     /// repeat, then `pool_inactive`, `holds_limit_reached`, then the pool's rules
-    /// ([`Self::admit`]), and then capacity: held if the shard has the units (and no reserve
+    /// (`admit`), and then capacity: held if the shard has the units (and no reserve
     /// is waiting before it); `sold_out` at once on the home core of a drained pool; `busy`
     /// if the core's waiting line is full; otherwise the reserve waits for borrowed units
     /// and is decided later by the same checks from the top, except the pool's rules

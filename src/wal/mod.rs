@@ -5,9 +5,9 @@
 //! deterministic, so replaying a core's records rebuilds the core exactly. In `sync` mode
 //! nothing a command decided leaves the core — answers to clients, messages to other
 //! cores — before its record is on disk; the records of everything applied meanwhile are
-//! written and made durable together (group commit). Messages that carry units leave a
-//! core only once their record is durable in every mode that has a log (`sync` and
-//! `batch`), and are kept by the sender until
+//! written and made durable together (group commit). Borrowing messages and their
+//! acknowledgements leave a core only once the record of what produced them is durable in
+//! every mode that has a log (`sync` and `batch`), and messages are kept by the sender until
 //! the receiver has the message on disk (see [`crate::shard::Link`]): after a crash,
 //! whatever may not have arrived is sent again and the receiver ignores repeats, so no unit
 //! is lost or counted twice.
@@ -16,6 +16,7 @@
 //! - [`segment`]: segment files, torn tails and corruption.
 //! - [`snapshot_file`]: snapshot files (rkyv).
 //! - [`recovery`]: loading the newest snapshot and replaying the log after it.
+//! - [`writer`]: the log writer of one core (group commit).
 
 pub mod record;
 pub mod recovery;
