@@ -44,7 +44,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Barrier, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{Server, pool, users_on};
+use common::{Server, by_id, now_ms, pool, reserve, users_on};
 use shardcap::client::{Client, ClientError};
 use shardcap::protocol::control::{PoolCreate, PoolRef, PoolStatus};
 use shardcap::protocol::{
@@ -427,10 +427,6 @@ struct Tally {
     in_doubt_applied: usize,
 }
 
-fn by_id(id: u32) -> PoolRef {
-    PoolRef { id, name: String::new() }
-}
-
 fn status_of(c: &mut Client, pool: u32) -> Result<PoolStatus, String> {
     match c.pool_status(&by_id(pool)) {
         Ok(Ok(status)) => Ok(status),
@@ -733,16 +729,8 @@ fn acknowledged_operations_survive_repeated_sigkill() {
 
 // ----- restart tests --------------------------------------------------------------------------
 
-fn reserve(id: u128, user: u128, pool: u32, qty: u32, ttl_ms: u32) -> ReserveOp {
-    ReserveOp { id, user, pool, qty, ttl_ms, priority: 0 }
-}
-
 fn lookup_one(c: &mut Client, id: u128, user: u128) -> LookupResult {
     c.lookup(&[LookupOp { id, user }]).unwrap()[0]
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
 /// A client with a read timeout.

@@ -13,7 +13,7 @@ mod common;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use common::{Server, users_on};
+use common::{Server, now_ms, users_on};
 use shardcap::client::Client;
 use shardcap::protocol::control::{PoolRef, PoolRules, UserActivityRequest};
 use shardcap::protocol::{ConfirmOp, ReservationState, ReserveOp, Status};
@@ -28,7 +28,7 @@ fn limited_pool(name: &str, capacity: u64, max_per_user: u64) -> String {
 }
 
 fn reserve(id: u128, user: u128, pool: u32, qty: u32) -> ReserveOp {
-    ReserveOp { id, user, pool, qty, ttl_ms: 0, priority: 0 }
+    common::reserve(id, user, pool, qty, 0)
 }
 
 fn status_of(c: &mut Client, op: ReserveOp) -> Status {
@@ -172,10 +172,6 @@ fn rules_and_user_counts_survive_a_restart() {
 
 fn activity(user: u128, pool: u32) -> UserActivityRequest {
     UserActivityRequest { user, pool, state: 0, recent: 4 }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
 
 trait PoolInfoOf {

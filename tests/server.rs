@@ -15,21 +15,13 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Server, pool, users_on};
+use common::{Server, by_id, pool, reserve, users_on};
 use shardcap::client::Client;
 use shardcap::protocol::control::{PoolCreate, PoolRef};
 use shardcap::protocol::{
     ConfirmOp, LookupOp, Opcode, RESULT_FLAG_REPEAT, ReleaseOp, ReservationState, ReserveOp, Status,
     decode_batch_results, home_core,
 };
-
-fn reserve(id: u128, user: u128, pool: u32, qty: u32, ttl_ms: u32) -> ReserveOp {
-    ReserveOp { id, user, pool, qty, ttl_ms, priority: 0 }
-}
-
-fn by_id(id: u32) -> PoolRef {
-    PoolRef { id, name: String::new() }
-}
 
 #[test]
 fn serve_runs_on_embedded_defaults() {

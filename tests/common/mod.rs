@@ -139,3 +139,18 @@ pub fn pool(name: &str, capacity: u64) -> String {
 pub fn users_on(core: u16, cores: u16, count: usize) -> Vec<u128> {
     (1u128..).filter(|&u| shardcap::protocol::home_core(u, cores) == core).take(count).collect()
 }
+
+/// A reserve of `qty` units of `pool` for `user`, with id `id` and TTL `ttl_ms` (0: the pool's).
+pub fn reserve(id: u128, user: u128, pool: u32, qty: u32, ttl_ms: u32) -> shardcap::protocol::ReserveOp {
+    shardcap::protocol::ReserveOp { id, user, pool, qty, ttl_ms, priority: 0 }
+}
+
+/// Names pool `id` by its id.
+pub fn by_id(id: u32) -> shardcap::protocol::control::PoolRef {
+    shardcap::protocol::control::PoolRef { id, name: String::new() }
+}
+
+/// The wall clock in ms since the Unix epoch (the server's clock).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
