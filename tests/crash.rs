@@ -986,13 +986,15 @@ fn torn_tail_of_the_newest_segment_is_tolerated() {
     drop(c);
     let dir = server.kill();
 
-    // The last record of core 1's newest segment is the last reserve; cut its last bytes.
+    // The last record of core 1's newest segment is the last reserve; cut its last bytes
+    // (and the zeros that pad the segment to whole blocks after it).
     let segment = newest_segment(&dir, 1);
     let bytes = std::fs::read(&segment).unwrap();
     let last = records(&bytes).pop().expect("records");
     assert!(matches!(last.1, Logged::Reserve(op) if op.id == 5), "the last record is reserve 5: {last:?}");
+    let end = last.0 + record::decode(&bytes[last.0..]).unwrap().1;
     let file = std::fs::OpenOptions::new().write(true).open(&segment).unwrap();
-    file.set_len(bytes.len() as u64 - 5).unwrap();
+    file.set_len(end as u64 - 5).unwrap();
     drop(file);
 
     let mut server = Server::start_in(2, &config, &dir);

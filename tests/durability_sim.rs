@@ -44,7 +44,8 @@
 //!   yet renamed is.
 //! - Restart (`runtime::core_main`, `recover_core`, `CoreRuntime::start_cluster` and
 //!   `resume`): each core's disk is written to files in a temporary directory laid out as
-//!   the server's data directory (`core-<n>/wal-<lsn>.log`, `snapshot-<lsn>.snap`),
+//!   the server's data directory (`core-<n>/wal-<lsn>.log`, `snapshot-<lsn>.snap`;
+//!   segments padded with zeros as the writer's direct writes and spares leave them),
 //!   [`recovery::recover`] loads the newest snapshot, replays the log after it and cuts the
 //!   torn tail, the files it leaves are the disk from then on and appending continues
 //!   where its good records end (or in a new segment, as `LogWriter::open` does). Time
@@ -115,6 +116,24 @@ const SETTLE_DELIVERIES_MAX: usize = 200_000;
 
 fn limits(core: u16, cores: u16) -> EngineConfig {
     EngineConfig { core, cores, holds_max: 4_096, parked_max: 64, retention_ms: RETENTION_MS, pools_max: 8 }
+}
+
+/// A segment's bytes as the log writer leaves them on disk: its records followed by
+/// zeros, to the end of their 4 KiB block (direct writes cover whole blocks) or further
+/// (a segment started on a spare filled with zeros ahead of time), drawn from its first
+/// LSN. A segment whose header is not whole is left as the crash left it.
+fn padded(bytes: &[u8], first_lsn: u64) -> Vec<u8> {
+    const BLOCK: usize = 4096;
+    let mut out = bytes.to_vec();
+    if bytes.len() >= segment::SEGMENT_HEADER_SIZE && bytes[..segment::SEGMENT_HEADER_SIZE].iter().any(|&b| b != 0) {
+        let len = match first_lsn % 3 {
+            0 => bytes.len(),
+            1 => bytes.len().next_multiple_of(BLOCK),
+            _ => bytes.len().next_multiple_of(BLOCK).max(SEGMENT_SIZE_MAX_BYTES) + BLOCK,
+        };
+        out.resize(len, 0);
+    }
+    out
 }
 
 /// Something a core lets out only once its log is durable up to an LSN.
@@ -683,7 +702,8 @@ impl Sim {
             std::fs::create_dir_all(&dir).expect("create the core directory");
             let node = &self.nodes[core as usize];
             for (first_lsn, bytes) in &node.segments {
-                std::fs::write(dir.join(segment::file_name(*first_lsn)), bytes).expect("write a segment");
+                let path = dir.join(segment::file_name(*first_lsn));
+                std::fs::write(&path, padded(bytes, *first_lsn)).expect("write a segment");
             }
             for (lsn, bytes) in &node.snapshots {
                 std::fs::write(dir.join(snapshot_file::file_name(*lsn)), bytes).expect("write a snapshot");

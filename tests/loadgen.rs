@@ -76,7 +76,8 @@ fn pool_status(client: &mut Client, name: &str) -> PoolStatus {
 
 #[test]
 fn report_has_every_field_and_consistent_numbers() {
-    let server = Server::start(2, "");
+    // Room for every reserve the load generator can send in its half second.
+    let server = Server::start(2, "[limits]\nholds_max_per_core = 5000000\n");
     let report =
         loadgen(&server, &["--workload", "reserve", "--pools", "2", "--pool-prefix", "fields", "--duration-s", "0.5"]);
     for (field, kind) in FIELDS {

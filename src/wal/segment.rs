@@ -118,10 +118,14 @@ pub fn scan(
     mut each: impl FnMut(Record) -> Result<(), WalError>,
 ) -> Result<SegmentScan, WalError> {
     let header = SegmentHeader::decode(bytes, path)?;
+    // Zeros after the last record are padding (direct writes fill whole blocks, and new
+    // segments are filled with zeros ahead of time). A record may end in zeros itself, so
+    // they are only where records end, not where reading stops.
+    let data_end = end_of_data(bytes);
     let mut pos = SEGMENT_HEADER_SIZE;
     let mut expected = header.first_lsn;
     loop {
-        if pos == bytes.len() || bytes[pos..].iter().all(|&b| b == 0) {
+        if pos >= data_end {
             return Ok(SegmentScan { header, valid_len: pos as u64, last_lsn: expected - 1, end: SegmentEnd::Clean });
         }
         match record::decode(&bytes[pos..]) {
@@ -140,7 +144,7 @@ pub fn scan(
                 // A torn tail has nothing readable after the damage; corruption has.
                 // (Only the last segment can end torn: the search is skipped for the others.)
                 let damaged_alone = || {
-                    !(pos + 1..bytes.len())
+                    !(pos + 1..data_end)
                         .any(|p| matches!(record::decode(&bytes[p..]), Ok((rec, _)) if rec.lsn >= expected))
                 };
                 if last && damaged_alone() {
@@ -151,6 +155,17 @@ pub fn scan(
             }
         }
     }
+}
+
+/// The length of `bytes` without the zeros at its end.
+fn end_of_data(bytes: &[u8]) -> usize {
+    const STEP: usize = 4096;
+    let mut end = bytes.len();
+    // Whole blocks of zeros are skipped a block at a time (an OR over a block vectorizes).
+    while end >= STEP && bytes[end - STEP..end].iter().fold(0, |acc, &b| acc | b) == 0 {
+        end -= STEP;
+    }
+    bytes[..end].iter().rposition(|&b| b != 0).map_or(0, |p| p + 1)
 }
 
 #[cfg(test)]
@@ -327,6 +342,26 @@ mod tests {
         torn.resize(torn.len() + 100, 0);
         let scan = scan_all(&torn, true).0.expect("a torn tail");
         assert_eq!(scan.end, SegmentEnd::TornTail { offset: starts[2] as u64, bytes: (torn.len() - starts[2]) as u64 });
+    }
+
+    #[test]
+    fn a_last_record_that_ends_in_zeros_is_read_whole_before_block_padding() {
+        // Reserve records end with the priority and padding: zeros for priority 0.
+        let (mut b, _) = segment(1, 1);
+        assert_eq!(b.last(), Some(&0), "the record's last byte is a zero");
+        let records_end = b.len() as u64;
+        for padding in [0, 1, 4096 - b.len() % 4096, 3 * 4096 + 17] {
+            let mut padded = b.clone();
+            padded.resize(b.len() + padding, 0);
+            let (result, seen) = scan_all(&padded, true);
+            let scan = result.expect("clean");
+            assert_eq!(seen, [1], "padding {padding}");
+            assert_eq!((scan.valid_len, scan.end), (records_end, SegmentEnd::Clean), "padding {padding}");
+        }
+        b.resize(1 << 20, 0);
+        assert_eq!(end_of_data(&b) as u64, b[..records_end as usize].iter().rposition(|&x| x != 0).unwrap() as u64 + 1);
+        assert_eq!(end_of_data(&[0; 9000]), 0);
+        assert_eq!(end_of_data(&[]), 0);
     }
 
     #[test]
