@@ -310,6 +310,26 @@ pub enum PoolCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Change a pool's capacity while it serves: more units are there at once; fewer are
+    /// taken from the free units of every core, never below what is held and confirmed
+    /// (refused with `capacity_in_use`).
+    Resize {
+        /// Pool name or id.
+        pool: String,
+        /// The new total of units.
+        capacity: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Rename a pool (its id, holds and rules stay).
+    Rename {
+        /// Pool name or id.
+        pool: String,
+        /// The new name (1-64 printable ASCII characters, no spaces).
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 /// `wal` subcommands. They only read the directory; run against the directory of a running
@@ -838,38 +858,56 @@ fn pool_command(cmd: PoolCommand) -> Result<(), Failure> {
         }
         PoolCommand::Rules { pool, rules, client } => {
             let mut c = connect(&client)?;
-            let info = resolve_pool(&mut c, &pool)?;
-            match c.pool_set_rules(info.id, rules.rules())? {
-                Ok(info) => {
-                    if client.json {
-                        println!("{}", json!({"status": "ok", "pool": pool_json(&info)}));
-                    } else {
-                        let text = rules_text(&info.rules);
-                        println!("pool {} rules: {}", info.name, if text.is_empty() { "none" } else { &text });
-                    }
-                    Ok(())
-                }
-                Err(status) => refused_if(status, "pool rules"),
-            }
+            let id = resolve_pool(&mut c, &pool)?.id;
+            print_pool_change(c.pool_set_rules(id, rules.rules())?, &client, "pool rules", |info| {
+                let text = rules_text(&info.rules);
+                format!("pool {} rules: {}", info.name, if text.is_empty() { "none" } else { &text })
+            })
         }
         PoolCommand::Activate { pool, client } => set_active(&pool, &client, true),
         PoolCommand::Deactivate { pool, client } => set_active(&pool, &client, false),
+        PoolCommand::Resize { pool, capacity, client } => {
+            let mut c = connect(&client)?;
+            let id = resolve_pool(&mut c, &pool)?.id;
+            print_pool_change(c.pool_set_capacity(id, capacity)?, &client, "pool resize", |info| {
+                format!("pool {} capacity {}", info.name, info.capacity)
+            })
+        }
+        PoolCommand::Rename { pool, name, client } => {
+            let mut c = connect(&client)?;
+            let info = resolve_pool(&mut c, &pool)?;
+            print_pool_change(c.pool_rename(info.id, &name)?, &client, "pool rename", |renamed| {
+                format!("pool {} is now {}", info.name, renamed.name)
+            })
+        }
     }
 }
 
 fn set_active(pool: &str, client: &ClientArgs, active: bool) -> Result<(), Failure> {
     let mut c = connect(client)?;
-    let info = resolve_pool(&mut c, pool)?;
-    match c.pool_set_active(info.id, active)? {
+    let id = resolve_pool(&mut c, pool)?.id;
+    print_pool_change(c.pool_set_active(id, active)?, client, "pool activation", |info| {
+        format!("pool {} is {}", info.name, if info.active { "active" } else { "inactive" })
+    })
+}
+
+/// Prints the answer to a pool change: the pool (as JSON, or `text` of it), or the refusal.
+fn print_pool_change(
+    answer: Result<PoolInfo, Status>,
+    client: &ClientArgs,
+    what: &str,
+    text: impl Fn(&PoolInfo) -> String,
+) -> Result<(), Failure> {
+    match answer {
         Ok(info) => {
             if client.json {
                 println!("{}", json!({"status": "ok", "pool": pool_json(&info)}));
             } else {
-                println!("pool {} is {}", info.name, if info.active { "active" } else { "inactive" });
+                println!("{}", text(&info));
             }
             Ok(())
         }
-        Err(status) => refused_if(status, "pool activation"),
+        Err(status) => refused_if(status, what),
     }
 }
 
@@ -1111,6 +1149,9 @@ fn command_fields(command: &crate::shard::Command) -> (&'static str, Vec<(&'stat
         C::SetPoolRules { pool, rules } => {
             ("set_pool_rules", vec![("pool", json!(pool)), ("rules", rules_json(rules))])
         }
+        C::ResizePool { pool, capacity } => ("resize_pool", vec![("pool", json!(pool)), ("capacity", json!(capacity))]),
+        C::RecallPool { pool } => ("recall_pool", vec![("pool", json!(pool))]),
+        C::RenamePool { pool, name } => ("rename_pool", vec![("pool", json!(pool)), ("name", json!(name.as_ref()))]),
         C::SetLimits(c) => (
             "set_limits",
             vec![

@@ -147,8 +147,7 @@ impl Default for Limits {
 pub struct DurabilityConfig {
     /// `sync` (answers wait until their records are on disk), `batch` (the log is made
     /// durable every `fsync_interval_ms`; a crash loses the last window: the interval plus two
-    /// writes and fdatasyncs) or `none`
-    /// (memory only). Default `sync`.
+    /// durable writes) or `none` (memory only). Default `sync`.
     pub mode: Durability,
     /// In `batch` mode, how often the log is made durable, in ms. Default `5`.
     pub fsync_interval_ms: u64,

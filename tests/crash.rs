@@ -952,21 +952,25 @@ fn data_dir_of_two_cores_is_refused_by_a_one_core_server() {
 }
 
 #[test]
-fn config_pool_with_another_capacity_is_refused_at_start() {
+fn config_pool_with_other_ttls_is_refused_at_start_and_another_capacity_is_not() {
     let config = pool("demo", 100);
     let server = Server::start(2, &config);
     let user = users_on(0, 2, 1)[0];
     assert_eq!(connect(&server).reserve(&[reserve(1, user, 1, 2, 0)]).unwrap()[0].status, Status::Ok as u8);
     let dir = server.kill();
 
-    let (status, stderr) = start_refused(2, &pool("demo", 200), &dir);
-    assert!(!status.success(), "a configured pool that differs from the stored one must be refused: {status}");
+    let other_ttl = "[[pool]]\nname = \"demo\"\ncapacity = 100\nhold_ttl_s_default = 30\nhold_ttl_s_max = 900\n";
+    let (status, stderr) = start_refused(2, other_ttl, &dir);
+    assert!(!status.success(), "a configured pool whose TTLs differ from the stored one must be refused: {status}");
     assert!(
-        stderr.contains("'demo'") && stderr.contains("capacity 200") && stderr.contains("capacity 100"),
-        "stderr names the pool and both capacities: {stderr}"
+        stderr.contains("'demo'")
+            && stderr.contains("hold TTL 30000..900000")
+            && stderr.contains("hold TTL 300000..900000"),
+        "stderr names the pool and both TTL ranges: {stderr}"
     );
 
-    let server = Server::start_in(2, &config, &dir);
+    // The capacity changes live (`pool_set_capacity`): the stored one stands.
+    let server = Server::start_in(2, &pool("demo", 200), &dir);
     let mut c = connect(&server);
     assert_eq!(c.pool_list().unwrap().iter().map(|p| p.capacity).collect::<Vec<_>>(), [100]);
     let found = lookup_one(&mut c, 1, user);

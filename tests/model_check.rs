@@ -1,8 +1,8 @@
 //! Property tests of the state machine against the reference model.
 //!
 //! How it works: proptest generates a cluster of 1 to 4 cores, a few pools and a sequence
-//! of operations (reserve, confirm, release, extend, lookup, pool (de)activation) and clock
-//! advances, with users spread over the cores so that shards run dry and borrow.
+//! of operations (reserve, confirm, release, extend, lookup, pool (de)activation, capacity
+//! changes and recalls) and clock advances, with users spread over the cores so that shards run dry and borrow.
 //!
 //! - `sequential_cluster_matches_model`: every operation is settled (all borrowing messages
 //!   delivered, in a seeded random order across core pairs) before the next one; the
@@ -35,6 +35,8 @@ enum Step {
     Extend { id: u8, user: u8, ttl: u8 },
     Lookup { id: u8, user: u8 },
     SetActive { pool: u8, active: bool },
+    Resize { pool: u8, capacity: u8 },
+    Recall { pool: u8 },
     Advance { ms: u16 },
     Deliver { count: u8 },
 }
@@ -47,6 +49,8 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (1..14u8, 1..7u8, 0..6u8).prop_map(|(id, user, ttl)| Step::Extend { id, user, ttl }),
         1 => (0..14u8, 0..7u8).prop_map(|(id, user)| Step::Lookup { id, user }),
         1 => (1..4u8, any::<bool>()).prop_map(|(pool, active)| Step::SetActive { pool, active }),
+        1 => (1..4u8, 0..50u8).prop_map(|(pool, capacity)| Step::Resize { pool, capacity }),
+        1 => (1..4u8).prop_map(|pool| Step::Recall { pool }),
         2 => (0..2500u16).prop_map(|ms| Step::Advance { ms }),
         3 => (0..6u8).prop_map(|count| Step::Deliver { count }),
     ]
@@ -163,6 +167,16 @@ proptest! {
                     }
                     model.set_active(pool as u32, active);
                 }
+                Step::Resize { pool, capacity } => {
+                    let got = cluster.resize_pool(now, pool as u32, capacity as u64, &mut pick).map(|info| info.capacity);
+                    let expected = model.resize(pool as u32, capacity as u64).map(|()| capacity as u64);
+                    prop_assert_eq!(got, expected, "step {} {:?}", n, s);
+                }
+                Step::Recall { pool } => {
+                    let home = cluster.engines[0].pool_info(pool as u32).unwrap().home_core;
+                    cluster.apply(now, home, Command::RecallPool { pool: pool as u32 });
+                    cluster.settle(now, &mut pick);
+                }
                 Step::Advance { ms } => {
                     now += ms as u64;
                     for core in 0..cores {
@@ -208,6 +222,23 @@ proptest! {
                 Step::Extend { id: i, user: u, ttl: t } => Some(Command::Extend(ExtendOp { id: id(i), user: user(u), ttl_ms: ttl(t) })),
                 Step::Lookup { id: i, user: u } => Some(Command::Lookup(LookupOp { id: id(i), user: user(u) })),
                 Step::SetActive { .. } => None,
+                Step::Resize { pool, capacity } => {
+                    // Decided by the home core at once (no recall: the network is not
+                    // settled here), then recorded everywhere.
+                    let (pool, capacity) = (pool as u32, capacity as u64);
+                    let home = cluster.engines[0].pool_info(pool).unwrap().home_core;
+                    if let Outcome::Pool(Ok(_)) = cluster.apply(now, home, Command::ResizePool { pool, capacity }) {
+                        for core in (0..cores).filter(|&c| c != home) {
+                            cluster.apply(now, core, Command::ResizePool { pool, capacity });
+                        }
+                    }
+                    None
+                }
+                Step::Recall { pool } => {
+                    let home = cluster.engines[0].pool_info(pool as u32).unwrap().home_core;
+                    cluster.apply(now, home, Command::RecallPool { pool: pool as u32 });
+                    None
+                }
                 Step::Advance { ms } => {
                     now += ms as u64;
                     for core in 0..cores {

@@ -21,8 +21,8 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use crate::protocol::control::{
-    self, CoreStats, Hello, PoolCreate, PoolInfo, PoolListRequest, PoolRef, PoolRules, PoolSetActive, PoolSetRules,
-    PoolStatus, UserActivity, UserActivityRequest,
+    self, CoreStats, Hello, PoolCreate, PoolInfo, PoolListRequest, PoolRef, PoolRename, PoolRules, PoolSetActive,
+    PoolSetCapacity, PoolSetRules, PoolStatus, UserActivity, UserActivityRequest,
 };
 use crate::protocol::{
     BatchOp, ConfirmOp, ExtendOp, FLAG_MORE, HEADER_SIZE, Header, LookupOp, LookupResult, OpResult, Opcode, ReleaseOp,
@@ -254,6 +254,26 @@ impl Client {
         let mut body = Vec::new();
         PoolSetRules { pool, rules }.encode(&mut body);
         let r = self.call(Opcode::PoolSetRules, 1, &body)?;
+        pool_info_answer(&r)
+    }
+
+    /// Changes a pool's capacity. A larger one is there at once; a smaller one is taken
+    /// from the free units (gathered from every core first if need be) and refused with
+    /// `capacity_in_use` if it would go below what is held, confirmed or on its way to a
+    /// reserve. Once this answers, every core knows the new capacity.
+    pub fn pool_set_capacity(&mut self, pool: u32, capacity: u64) -> Result<Result<PoolInfo, Status>, ClientError> {
+        let mut body = Vec::new();
+        PoolSetCapacity { pool, capacity }.encode(&mut body);
+        let r = self.call(Opcode::PoolSetCapacity, 1, &body)?;
+        pool_info_answer(&r)
+    }
+
+    /// Renames a pool (`pool_exists` if another pool has the name); once this answers,
+    /// every core knows the pool by its new name only.
+    pub fn pool_rename(&mut self, pool: u32, name: &str) -> Result<Result<PoolInfo, Status>, ClientError> {
+        let mut body = Vec::new();
+        PoolRename { pool, name: name.into() }.encode(&mut body);
+        let r = self.call(Opcode::PoolRename, 1, &body)?;
         pool_info_answer(&r)
     }
 

@@ -23,8 +23,8 @@ use futures_lite::{AsyncRead, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use crate::protocol::control::{
-    self, PoolCreate, PoolListRequest, PoolRef, PoolSetActive, PoolSetRules, PoolStatus, ShardStatus, UserActivity,
-    UserActivityRequest, put_prefix,
+    self, PoolCreate, PoolListRequest, PoolRef, PoolRename, PoolSetActive, PoolSetCapacity, PoolSetRules, PoolStatus,
+    ShardStatus, UserActivity, UserActivityRequest, put_prefix,
 };
 use crate::protocol::ops::ReservedNotZero;
 use crate::protocol::{
@@ -168,7 +168,7 @@ impl Connection {
             self.held_back = hold;
             if !hold && !self.out.is_empty() {
                 // In sync mode nothing is answered before the log holds it (group commit:
-                // this waits for the one fdatasync that covers everything applied so far).
+                // this waits for the one durable write that covers everything applied so far).
                 self.core.answers_durable().await;
                 if stream.write_all(&self.out).await.is_err() {
                     return;
@@ -275,17 +275,22 @@ impl Connection {
                 match self.core.pool_info(pool_ref.id, &pool_ref.name) {
                     None => self.respond_status(opcode, id, Status::PoolNotFound),
                     Some(info) => self.control(opcode, id, move |core| async move {
-                        let shards: Vec<ShardStatus> = core
+                        let gathered: Vec<(ShardStatus, u64)> = core
                             .gather(RpcReq::ShardStatus { pool: info.id })
                             .await
                             .into_iter()
                             .enumerate()
                             .map(|(core, r)| match r {
-                                RpcResp::Shard(Some(s)) => s,
+                                RpcResp::Shard(Some((s, capacity))) => (s, capacity),
                                 // A core that has not applied the pool's creation yet.
-                                _ => ShardStatus { core: core as u16, ..ShardStatus::default() },
+                                _ => (ShardStatus { core: core as u16, ..ShardStatus::default() }, info.capacity),
                             })
                             .collect();
+                        // The capacity as the pool's home core has it: that core decides
+                        // changes and is the only one whose shard they change.
+                        let capacity = gathered.get(info.home_core as usize).map_or(info.capacity, |g| g.1);
+                        let info = control::PoolInfo { capacity, ..info };
+                        let shards = gathered.into_iter().map(|(s, _)| s).collect();
                         let status = PoolStatus { info, shards };
                         if !status.conserved() {
                             tracing::error!(pool = status.info.id, "capacity not conserved: {status:?}");
@@ -315,6 +320,20 @@ impl Connection {
             Opcode::PoolSetRules => {
                 let req = PoolSetRules::decode(body).map_err(|_| Status::MalformedBody)?;
                 let change = Command::SetPoolRules { pool: req.pool, rules: req.rules };
+                self.control(opcode, id, move |core| async move {
+                    pool_answer(core.rpc(0, RpcReq::ChangePool(change)).await)
+                });
+            }
+            Opcode::PoolSetCapacity => {
+                let req = PoolSetCapacity::decode(body).map_err(|_| Status::MalformedBody)?;
+                let change = Command::ResizePool { pool: req.pool, capacity: req.capacity };
+                self.control(opcode, id, move |core| async move {
+                    pool_answer(core.rpc(0, RpcReq::ChangePool(change)).await)
+                });
+            }
+            Opcode::PoolRename => {
+                let req = PoolRename::decode(body).map_err(|_| Status::MalformedBody)?;
+                let change = Command::RenamePool { pool: req.pool, name: req.name.into() };
                 self.control(opcode, id, move |core| async move {
                     pool_answer(core.rpc(0, RpcReq::ChangePool(change)).await)
                 });

@@ -790,6 +790,63 @@ impl PoolSetActive {
     }
 }
 
+/// Body of `pool_set_capacity`: pool u32 @0, reserved u32 @4 (zero), capacity u64 @8.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolSetCapacity {
+    /// Pool id.
+    pub pool: u32,
+    /// The new capacity, in units (1..=2^60).
+    pub capacity: u64,
+}
+
+impl PoolSetCapacity {
+    /// Body size.
+    pub const SIZE: usize = 16;
+    /// Appends the body.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.pool.to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&self.capacity.to_le_bytes());
+    }
+    /// Decodes a body.
+    pub fn decode(b: &[u8]) -> Result<Self, Malformed> {
+        if b.len() != Self::SIZE || b[4..8] != [0; 4] {
+            return Err(Malformed);
+        }
+        Ok(PoolSetCapacity { pool: u32_at(b, 0), capacity: u64_at(b, 8) })
+    }
+}
+
+/// Body of `pool_rename`: pool u32 @0, name_len u8 @4, reserved 3 bytes @5 (zero), then
+/// `name_len` bytes of name (1..=64).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolRename {
+    /// Pool id.
+    pub pool: u32,
+    /// The new name.
+    pub name: String,
+}
+
+impl PoolRename {
+    /// Size of the body before the name.
+    pub const FIXED_SIZE: usize = 8;
+    /// Appends the body.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.pool.to_le_bytes());
+        out.push(self.name.len() as u8);
+        out.extend_from_slice(&[0; 3]);
+        out.extend_from_slice(self.name.as_bytes());
+    }
+    /// Decodes a body. The name's validity is checked by the server (`invalid_pool_name`).
+    pub fn decode(b: &[u8]) -> Result<Self, Malformed> {
+        if b.len() < Self::FIXED_SIZE || b[5..8] != [0; 3] || b.len() != Self::FIXED_SIZE + b[4] as usize {
+            return Err(Malformed);
+        }
+        let name = std::str::from_utf8(&b[Self::FIXED_SIZE..]).map_err(|_| Malformed)?;
+        Ok(PoolRename { pool: u32_at(b, 0), name: name.into() })
+    }
+}
+
 /// Per-core counters (plain integers owned by each core, gathered on request).
 ///
 /// Layout (88 bytes): core u16 @0, reserved 6 bytes @2, then u64 counters: connections_open
@@ -816,7 +873,7 @@ pub struct CoreStats {
     pub holds_live: u64,
     /// Records appended to this core's log since start (0 without a log).
     pub log_records: u64,
-    /// fdatasyncs of this core's log since start.
+    /// Durable writes of this core's log since start (one per group commit).
     pub log_syncs: u64,
     /// LSN of the last record of this core's log that is on disk.
     pub log_durable_lsn: u64,

@@ -3,7 +3,8 @@
 //! malformed frame is refused at once and a partial frame simply waits for its bytes.
 
 use super::control::{
-    POOL_NAME_MAX_BYTES, PoolCreate, PoolListRequest, PoolSetActive, PoolSetRules, UserActivityRequest,
+    POOL_NAME_MAX_BYTES, PoolCreate, PoolListRequest, PoolRename, PoolSetActive, PoolSetCapacity, PoolSetRules,
+    UserActivityRequest,
 };
 use super::header::{HEADER_SIZE, Header, MAGIC, Opcode, VERSION, decode_header};
 use super::status::Status;
@@ -89,6 +90,10 @@ pub fn next_frame(buf: &[u8], limits: &FrameLimits) -> Result<Option<(Header, us
         Opcode::PoolSetActive => count == 1 && body_len == PoolSetActive::SIZE,
         Opcode::PoolSetRules => count == 1 && body_len == PoolSetRules::SIZE,
         Opcode::UserActivity => count == 1 && body_len == UserActivityRequest::SIZE,
+        Opcode::PoolSetCapacity => count == 1 && body_len == PoolSetCapacity::SIZE,
+        Opcode::PoolRename => {
+            count == 1 && (PoolRename::FIXED_SIZE..=PoolRename::FIXED_SIZE + POOL_NAME_MAX_BYTES).contains(&body_len)
+        }
         _ => {
             let size = opcode.request_record_size().expect("batchable opcode");
             count >= 1 && body_len == count * size

@@ -45,6 +45,10 @@ pub enum Opcode {
     PoolSetRules = 0x24,
     /// A user's activity in one pool or every pool.
     UserActivity = 0x25,
+    /// Change a pool's capacity (grow at once; shrink no lower than what is handed out).
+    PoolSetCapacity = 0x26,
+    /// Rename a pool.
+    PoolRename = 0x27,
     /// Per-core counters.
     ServerStats = 0x30,
     /// Response only: a frame-level error; the body is a UTF-8 message.
@@ -68,6 +72,8 @@ impl Opcode {
             0x23 => Opcode::PoolSetActive,
             0x24 => Opcode::PoolSetRules,
             0x25 => Opcode::UserActivity,
+            0x26 => Opcode::PoolSetCapacity,
+            0x27 => Opcode::PoolRename,
             0x30 => Opcode::ServerStats,
             0xFF => Opcode::Error,
             _ => return None,
@@ -113,6 +119,8 @@ impl Opcode {
             Opcode::PoolSetActive => "pool_set_active",
             Opcode::PoolSetRules => "pool_set_rules",
             Opcode::UserActivity => "user_activity",
+            Opcode::PoolSetCapacity => "pool_set_capacity",
+            Opcode::PoolRename => "pool_rename",
             Opcode::ServerStats => "server_stats",
             Opcode::Error => "error",
         }

@@ -104,11 +104,14 @@ pub enum Status {
     /// kept share above 1000‰ or a priority without one, unknown flags), or a change would
     /// alter a pool's kept share, which is fixed at creation.
     InvalidRules = 48,
+    /// A smaller capacity would take units that are held, confirmed, or on their way to a
+    /// reserve: a pool's capacity never goes below what it has handed out.
+    CapacityInUse = 49,
 }
 
 impl Status {
     /// Every status, in numeric order (for docs, tests and tables).
-    pub const ALL: [Status; 39] = [
+    pub const ALL: [Status; 40] = [
         Status::Ok,
         Status::BadMagic,
         Status::UnsupportedVersion,
@@ -148,6 +151,7 @@ impl Status {
         Status::UserLimitReached,
         Status::RateLimited,
         Status::InvalidRules,
+        Status::CapacityInUse,
     ];
 
     /// Decodes a status byte; `None` for a number this version does not define.
@@ -197,6 +201,7 @@ impl Status {
             Status::UserLimitReached => "user_limit_reached",
             Status::RateLimited => "rate_limited",
             Status::InvalidRules => "invalid_rules",
+            Status::CapacityInUse => "capacity_in_use",
         }
     }
 

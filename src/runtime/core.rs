@@ -6,6 +6,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::task::Waker;
+use std::time::Duration;
 
 use super::clock::Clock;
 use super::mesh::{FrameRef, MeshMsg, MeshOut, Op, OpOutput, RpcReq, RpcResp};
@@ -14,7 +15,7 @@ use crate::protocol::control::Hello;
 use crate::protocol::control::{CoreStats, PoolInfo, USER_HASH_XXH3_JUMP};
 use crate::protocol::{LookupOp, LookupResult, OpResult, Status, VERSION, home_core};
 use crate::shard::cluster::merge_lookups;
-use crate::shard::{Command, Completion, Engine, Envelope, Outcome, PoolDef, Reply};
+use crate::shard::{BankMode, Command, Completion, Engine, Envelope, Outcome, PoolDef, Reply};
 use crate::wal::Durability;
 use crate::wal::writer::LogWriter;
 
@@ -124,7 +125,12 @@ pub struct CoreRuntime {
     pub counters: Counters,
     envelopes: RefCell<Vec<Envelope>>,
     completions: RefCell<Vec<Completion>>,
+    /// Core 0: one catalog change at a time, so that every core applies them in one order.
+    catalog_lock: glommio::sync::Semaphore,
 }
+
+/// The longest a capacity change waits for a recall of free units to end.
+const RESIZE_RECALL_WAIT: Duration = Duration::from_secs(5);
 
 impl CoreRuntime {
     /// A core's runtime around its state machine, sending to other cores through `mesh`.
@@ -159,6 +165,7 @@ impl CoreRuntime {
             counters: Counters::default(),
             envelopes: RefCell::new(Vec::new()),
             completions: RefCell::new(Vec::new()),
+            catalog_lock: glommio::sync::Semaphore::new(1),
         }
     }
 
@@ -493,7 +500,8 @@ impl CoreRuntime {
             RpcReq::ShardStatus { pool } => {
                 // Expire what is due first, so the status shows what is really held.
                 self.tick();
-                RpcResp::Shard(self.engine.borrow().shard_snapshot(pool))
+                let engine = self.engine.borrow();
+                RpcResp::Shard(engine.shard_snapshot(pool).zip(engine.pool_info(pool).map(|info| info.capacity)))
             }
             RpcReq::Lookup(op) => RpcResp::Lookup(self.engine.borrow().lookup(now, &op)),
             RpcReq::Stats => RpcResp::Stats(self.stats()),
@@ -514,6 +522,7 @@ impl CoreRuntime {
             }
             RpcReq::CreatePool(req) => {
                 debug_assert_eq!(self.core, 0, "core 0 owns the catalog");
+                let _one_change_at_a_time = self.catalog_lock.acquire_permit(1).await;
                 // Validation, id choice and local apply happen without an await in between,
                 // so every core applies creations in core 0's order.
                 let def = match self.engine.borrow().validate_pool_create(&req) {
@@ -535,6 +544,10 @@ impl CoreRuntime {
             }
             RpcReq::ChangePool(change) => {
                 debug_assert_eq!(self.core, 0, "core 0 owns the catalog");
+                let _one_change_at_a_time = self.catalog_lock.acquire_permit(1).await;
+                if let Command::ResizePool { pool, capacity } = change {
+                    return RpcResp::Pool(Box::pin(self.resize(pool, capacity)).await);
+                }
                 let Outcome::Pool(result) = self.apply(now, change.clone()) else {
                     unreachable!("a pool change answers with the pool")
                 };
@@ -544,12 +557,19 @@ impl CoreRuntime {
                             tracing::info!(pool, active, "pool activation changed")
                         }
                         Command::SetPoolRules { pool, rules } => tracing::info!(pool, ?rules, "pool rules changed"),
+                        Command::RenamePool { pool, name } => tracing::info!(pool, %name, "pool renamed"),
                         other => unreachable!("{other:?} is not a pool change"),
                     }
                     self.catalog_durable().await;
                     self.broadcast(RpcReq::ApplyChange(change)).await;
                 }
                 RpcResp::Pool(result)
+            }
+            RpcReq::Resize { pool, capacity } => RpcResp::Pool(self.resize_at_home(pool, capacity).await),
+            RpcReq::HomeCapacities => {
+                let engine = self.engine.borrow();
+                let mine = engine.pool_defs().into_iter().filter(|d| d.home_core(self.cores) == self.core);
+                RpcResp::Capacities(mine.map(|d| (d.id, d.capacity)).collect())
             }
             RpcReq::EnsureCatalog(defs) => match self.ensure_catalog(now, &defs) {
                 Ok(()) => {
@@ -565,33 +585,147 @@ impl CoreRuntime {
         }
     }
 
+    /// Core 0: changes a pool's capacity. The pool's home core decides (its shard is the
+    /// only one a change alters) and makes the change durable first; then every other core
+    /// records the new capacity. A crash in between is repaired at start-up, where core 0
+    /// takes each pool's capacity from its home core (`start_cluster`).
+    async fn resize(self: &Rc<Self>, pool: u32, capacity: u64) -> Result<PoolInfo, Status> {
+        let home = self.engine.borrow().pool_info(pool).ok_or(Status::PoolNotFound)?.home_core;
+        let decided = if home == self.core {
+            self.resize_at_home(pool, capacity).await
+        } else {
+            match self.rpc(home, RpcReq::Resize { pool, capacity }).await {
+                RpcResp::Pool(result) => result,
+                _ => Err(Status::InternalError),
+            }
+        };
+        let info = decided?;
+        tracing::info!(pool, capacity, "pool capacity changed");
+        let change = Command::ResizePool { pool, capacity };
+        let pending: Vec<_> = (0..self.cores)
+            .filter(|&c| c != home && c != self.core)
+            .map(|c| self.rpc_start(c, RpcReq::ApplyChange(change.clone())))
+            .collect();
+        if home != self.core {
+            self.apply(self.now_ms(), change);
+            self.catalog_durable().await;
+        }
+        for rx in pending {
+            let _ = rx.recv_async().await;
+        }
+        Ok(info)
+    }
+
+    /// The pool's home core: applies a change of its capacity. A shrink takes free units of
+    /// this core's shard; if there are too few, every shard's free units are recalled home
+    /// (once) and the change is tried again when the recall has ended. Refused with
+    /// `capacity_in_use` if even then the free units are short (they are held, confirmed,
+    /// or on their way to reserves).
+    async fn resize_at_home(self: &Rc<Self>, pool: u32, capacity: u64) -> Result<PoolInfo, Status> {
+        let started = std::time::Instant::now();
+        let mut recalled = false;
+        loop {
+            let short = self.engine.borrow().resize_shortfall(pool, capacity)?;
+            if short == 0 {
+                let Outcome::Pool(result) = self.apply(self.now_ms(), Command::ResizePool { pool, capacity }) else {
+                    unreachable!("a resize answers with the pool")
+                };
+                // More units may decide reserves waiting here, or let the pool undrain.
+                self.flush_engine();
+                self.catalog_durable().await;
+                return result;
+            }
+            let mode = self.engine.borrow().bank_mode(pool);
+            match mode {
+                Some(BankMode::Normal) if !recalled => {
+                    self.apply(self.now_ms(), Command::RecallPool { pool });
+                    self.flush_engine();
+                    recalled = true;
+                }
+                Some(BankMode::Recalling { .. }) if started.elapsed() < RESIZE_RECALL_WAIT => {}
+                _ => return Err(Status::CapacityInUse),
+            }
+            // The recall's answers come from the other cores' mesh messages.
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
     /// Catalog changes are durable before anyone learns of them (in every mode with a log).
     async fn catalog_durable(&self) {
         self.log.durable(self.log.last_lsn()).await;
     }
 
-    /// Applies the pools, activation flags and rules of core 0's catalog this core lacks.
+    /// Applies the pools, activation flags, rules, names and capacities of core 0's catalog
+    /// that this core lacks (a core's capacity of a pool it is the home of is core 0's
+    /// already: `start_cluster` took it from here).
     fn ensure_catalog(&self, now_ms: u64, defs: &[PoolDef]) -> Result<(), String> {
         let mine = self.engine.borrow().pool_defs();
         if mine.len() > defs.len() {
             return Err(format!("core {} knows {} pools, core 0 only {}", self.core, mine.len(), defs.len()));
         }
+        let mut renames = Vec::new();
         for def in defs {
             match mine.get(def.id as usize - 1) {
                 None => {
                     self.apply(now_ms, Command::CreatePool(def.clone()));
                 }
-                Some(have) if PoolDef { active: def.active, rules: def.rules, ..have.clone() } != *def => {
-                    return Err(format!("core {} has another definition of pool {}", self.core, def.id));
-                }
                 Some(have) => {
+                    let changeable = PoolDef {
+                        active: def.active,
+                        rules: def.rules,
+                        name: def.name.clone(),
+                        capacity: def.capacity,
+                        ..have.clone()
+                    };
+                    if changeable != *def {
+                        return Err(format!("core {} has another definition of pool {}", self.core, def.id));
+                    }
                     if have.active != def.active {
                         self.apply(now_ms, Command::SetPoolActive { pool: def.id, active: def.active });
                     }
                     if have.rules != def.rules {
                         self.apply(now_ms, Command::SetPoolRules { pool: def.id, rules: def.rules });
                     }
+                    if have.capacity != def.capacity {
+                        if have.home_core(self.cores) == self.core {
+                            return Err(format!(
+                                "core {} decides pool {}'s capacity, core 0 differs",
+                                self.core, def.id
+                            ));
+                        }
+                        self.apply(now_ms, Command::ResizePool { pool: def.id, capacity: def.capacity });
+                    }
+                    if have.name != def.name {
+                        renames.push((def.id, def.name.clone()));
+                    }
                 }
+            }
+        }
+        self.apply_renames(now_ms, renames)
+    }
+
+    /// Renames pools to the names core 0 has. A name can still belong to another pool here
+    /// that is itself to be renamed (core 0 swapped names through a third one): those wait
+    /// for it, and a cycle of such pools is broken with a temporary name.
+    fn apply_renames(&self, now_ms: u64, mut renames: Vec<(u32, Box<str>)>) -> Result<(), String> {
+        while !renames.is_empty() {
+            let before = renames.len();
+            renames.retain(|(pool, name)| {
+                let taken = self.engine.borrow().pool_id(name).is_some_and(|id| id != *pool);
+                if !taken {
+                    self.apply(now_ms, Command::RenamePool { pool: *pool, name: name.clone() });
+                }
+                taken
+            });
+            if renames.len() == before {
+                let pool = renames[0].0;
+                let free = (0..).map(|n| format!("renaming-{pool}-{n}"));
+                let temporary =
+                    free.into_iter().find(|n| self.engine.borrow().pool_id(n).is_none()).expect("a free name");
+                let Outcome::Pool(Ok(_)) = self.apply(now_ms, Command::RenamePool { pool, name: temporary.into() })
+                else {
+                    return Err(format!("core {} cannot rename pool {pool}", self.core));
+                };
             }
         }
         Ok(())
@@ -621,6 +755,21 @@ impl CoreRuntime {
     /// the configuration that do not exist yet (refusing ones that exist with other
     /// parameters), then lets every core start serving.
     pub async fn start_cluster(self: &Rc<Self>, pools: &[crate::config::PoolConfig]) -> Result<(), String> {
+        // A pool's capacity is decided by its home core, which makes a change durable
+        // before core 0 records it: take the home cores' capacities first.
+        for core in (1..self.cores).filter(|&c| c != self.core) {
+            let RpcResp::Capacities(capacities) = self.rpc(core, RpcReq::HomeCapacities).await else {
+                return Err(format!("core {core} did not report its pools' capacities"));
+            };
+            for (pool, capacity) in capacities {
+                let mine = self.engine.borrow().pool_info(pool).map(|info| info.capacity);
+                if mine.is_some_and(|c| c != capacity) {
+                    tracing::info!(pool, capacity, "pool capacity taken from its home core after a restart");
+                    self.apply(self.now_ms(), Command::ResizePool { pool, capacity });
+                }
+            }
+        }
+        self.catalog_durable().await;
         let defs = self.engine.borrow().pool_defs();
         for core in (1..self.cores).filter(|&c| c != self.core) {
             if let RpcResp::Failed(reason) = self.rpc(core, RpcReq::EnsureCatalog(defs.clone())).await {
@@ -632,20 +781,29 @@ impl CoreRuntime {
             let existing = self.engine.borrow().pool_id(&req.name).and_then(|id| self.engine.borrow().pool_info(id));
             match existing {
                 Some(info) => {
-                    let same = (info.capacity, info.hold_ttl_ms_default, info.hold_ttl_ms_max)
-                        == (req.capacity, req.hold_ttl_ms_default, req.hold_ttl_ms_max);
+                    let same = (info.hold_ttl_ms_default, info.hold_ttl_ms_max)
+                        == (req.hold_ttl_ms_default, req.hold_ttl_ms_max);
                     if !same {
                         return Err(format!(
-                            "pool '{}' of the configuration (capacity {}, hold TTL {}..{} ms) differs from the stored pool \
-                             (capacity {}, hold TTL {}..{} ms): change the configuration to match",
+                            "pool '{}' of the configuration (hold TTL {}..{} ms) differs from the stored pool \
+                             (hold TTL {}..{} ms): change the configuration to match",
                             req.name,
-                            req.capacity,
                             req.hold_ttl_ms_default,
                             req.hold_ttl_ms_max,
-                            info.capacity,
                             info.hold_ttl_ms_default,
                             info.hold_ttl_ms_max
                         ));
+                    }
+                    if info.capacity != req.capacity {
+                        // Capacity changes live (`pool_set_capacity`): the stored one stands,
+                        // as the active flag and the rules do.
+                        tracing::warn!(
+                            pool = %req.name,
+                            configured = req.capacity,
+                            stored = info.capacity,
+                            "the configured capacity differs from the stored one, which stays \
+                             (change it with `shardcap pool resize`)"
+                        );
                     }
                 }
                 None => {

@@ -86,9 +86,14 @@ pub enum RpcReq {
     UserActivity(UserActivityRequest),
     /// To core 0: create a pool (core 0 assigns the id and tells every core).
     CreatePool(PoolCreate),
-    /// To core 0: change a pool everywhere (a [`Command::SetPoolActive`] or
-    /// [`Command::SetPoolRules`]).
+    /// To core 0: change a pool everywhere (a [`Command::SetPoolActive`],
+    /// [`Command::SetPoolRules`], [`Command::ResizePool`] or [`Command::RenamePool`]).
     ChangePool(Command),
+    /// From core 0 to a pool's home core: decide a change of the pool's capacity (recalling
+    /// free units from every shard first if a shrink needs them).
+    Resize { pool: u32, capacity: u64 },
+    /// From core 0 at start-up: the capacities of the pools this core is the home of.
+    HomeCapacities,
     /// From core 0: apply a pool creation.
     ApplyCreate(PoolDef),
     /// From core 0: apply a pool change core 0 has made.
@@ -104,8 +109,10 @@ pub enum RpcReq {
 /// The answer to a control request.
 #[derive(Clone, Debug)]
 pub enum RpcResp {
-    /// A shard, or none if the pool is unknown.
-    Shard(Option<ShardStatus>),
+    /// A shard and the pool's capacity as this core has it, or none if the pool is unknown.
+    Shard(Option<(ShardStatus, u64)>),
+    /// Pool ids and capacities.
+    Capacities(Vec<(u32, u64)>),
     /// A lookup result.
     Lookup(LookupResult),
     /// Counters.

@@ -96,6 +96,33 @@ impl Cluster {
         Ok(info.expect("at least one core"))
     }
 
+    /// Changes a pool's capacity as the server does: the pool's home core decides, and if
+    /// its shard lacks the free units a shrink takes, it recalls every shard's free units
+    /// (the network is settled with `pick`) and decides again; an accepted change is then
+    /// recorded by every other core.
+    pub fn resize_pool(
+        &mut self,
+        now_ms: u64,
+        pool: u32,
+        capacity: u64,
+        pick: impl FnMut(usize) -> usize,
+    ) -> Result<PoolInfo, Status> {
+        let home = self.engines[0].pool_info(pool).ok_or(Status::PoolNotFound)?.home_core;
+        if self.engines[home as usize].resize_shortfall(pool, capacity)? > 0 {
+            self.apply(now_ms, home, Command::RecallPool { pool });
+            self.settle(now_ms, pick);
+        }
+        let Outcome::Pool(result) = self.apply(now_ms, home, Command::ResizePool { pool, capacity }) else {
+            unreachable!("a resize answers with the pool")
+        };
+        if result.is_ok() {
+            for core in (0..self.cores()).filter(|&c| c != home) {
+                self.apply(now_ms, core, Command::ResizePool { pool, capacity });
+            }
+        }
+        result
+    }
+
     /// Applies `command` on `core` at `now_ms` and queues the messages it sends.
     pub fn apply(&mut self, now_ms: u64, core: u16, command: Command) -> Outcome {
         let outcome = self.engines[core as usize].apply(now_ms, command.clone());

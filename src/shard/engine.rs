@@ -234,6 +234,14 @@ pub enum Command {
     SetPoolActive { pool: u32, active: bool },
     /// Replace a pool's rules.
     SetPoolRules { pool: u32, rules: PoolRules },
+    /// Change a pool's capacity: decided by the pool's home core, recorded by the others
+    /// ([`Engine::resize_pool`]).
+    ResizePool { pool: u32, capacity: u64 },
+    /// On the pool's home core: bring every shard's free units home (a recall), so that a
+    /// smaller capacity can take them. Elsewhere, or while a recall runs, nothing.
+    RecallPool { pool: u32 },
+    /// Rename a pool (checked on core 0, applied on every core).
+    RenamePool { pool: u32, name: Box<str> },
 }
 
 /// What [`Engine::apply`] answers.
@@ -360,6 +368,12 @@ impl Engine {
             Command::CreatePool(def) => Outcome::Pool(Ok(self.create_pool(def))),
             Command::SetPoolActive { pool, active } => Outcome::Pool(self.set_pool_active(pool, active)),
             Command::SetPoolRules { pool, rules } => Outcome::Pool(self.set_pool_rules(now_ms, pool, rules)),
+            Command::ResizePool { pool, capacity } => Outcome::Pool(self.resize_pool(now_ms, pool, capacity)),
+            Command::RecallPool { pool } => {
+                self.recall_pool(now_ms, pool);
+                Outcome::None
+            }
+            Command::RenamePool { pool, name } => Outcome::Pool(self.rename_pool(pool, &name)),
         }
     }
 
@@ -491,6 +505,90 @@ impl Engine {
             // a new kind of rule counts afresh.
             let entries = self.count_users(p, now_ms);
             self.users.reset_pool(pool, &rules, now_ms, entries);
+        }
+        Ok(self.pools[p].def.info(self.cfg.cores))
+    }
+
+    /// Changes a pool's capacity. The pool's home core decides: a larger capacity adds the
+    /// difference to its shard at once (serving its waiting reserves); a smaller one takes
+    /// the difference from its shard's free units and is refused with `capacity_in_use` if
+    /// the shard does not have them (see [`Self::resize_shortfall`]). Every other core only
+    /// records the new capacity: its shard does not change, so `share` changes on the home
+    /// core alone and the shards' shares still add up to the capacity. A capacity outside
+    /// 1..=2^60 is `invalid_capacity`.
+    pub fn resize_pool(&mut self, now_ms: u64, pool: u32, capacity: u64) -> Result<PoolInfo, Status> {
+        let short = self.resize_shortfall(pool, capacity)?;
+        if short > 0 {
+            return Err(Status::CapacityInUse);
+        }
+        let p = self.pool_index(pool).expect("checked");
+        if self.is_home(p) {
+            let old = self.pools[p].def.capacity;
+            let shard = &mut self.pools[p].shard;
+            if capacity >= old {
+                shard.capacity += capacity - old;
+                shard.share += capacity - old;
+            } else {
+                shard.capacity -= old - capacity;
+                shard.share -= old - capacity;
+            }
+            self.pools[p].def.capacity = capacity;
+            self.pump(now_ms.max(self.last_now_ms), p);
+        } else {
+            self.pools[p].def.capacity = capacity;
+        }
+        Ok(self.pools[p].def.info(self.cfg.cores))
+    }
+
+    /// Units a change of pool `pool` to `capacity` would take from the home core's shard
+    /// beyond its free units (0: the change can be applied here now), or why the change is
+    /// refused whatever the shards hold.
+    pub fn resize_shortfall(&self, pool: u32, capacity: u64) -> Result<u64, Status> {
+        let p = self.pool_index(pool).ok_or(Status::PoolNotFound)?;
+        if capacity == 0 || capacity > POOL_CAPACITY_MAX {
+            return Err(Status::InvalidCapacity);
+        }
+        let old = self.pools[p].def.capacity;
+        if !self.is_home(p) || capacity >= old {
+            return Ok(0);
+        }
+        Ok((old - capacity).saturating_sub(self.pools[p].shard.available()))
+    }
+
+    /// The borrowing mode of pool `pool` on its home core (`None` elsewhere).
+    pub fn bank_mode(&self, pool: u32) -> Option<BankMode> {
+        let p = self.pool_index(pool)?;
+        self.is_home(p).then_some(self.pools[p].bank.mode)
+    }
+
+    /// Starts a recall of pool `pool` if this is its home core and its shards keep free
+    /// units (normal mode): every shard sends its free units home and borrows exactly from
+    /// then on.
+    fn recall_pool(&mut self, now_ms: u64, pool: u32) {
+        self.tick(now_ms);
+        if let Some(p) = self.pool_index(pool)
+            && self.is_home(p)
+            && self.pools[p].bank.mode == BankMode::Normal
+        {
+            self.start_recall(now_ms, p);
+        }
+    }
+
+    /// Renames a pool. The name must be valid and not another pool's (`invalid_pool_name`,
+    /// `pool_exists`); the pool's own name is a change that changes nothing.
+    pub fn rename_pool(&mut self, pool: u32, name: &str) -> Result<PoolInfo, Status> {
+        let p = self.pool_index(pool).ok_or(Status::PoolNotFound)?;
+        if !valid_pool_name(name) {
+            return Err(Status::InvalidPoolName);
+        }
+        match self.names.get(name) {
+            Some(&id) if id != pool => return Err(Status::PoolExists),
+            Some(_) => {}
+            None => {
+                let old = std::mem::replace(&mut self.pools[p].def.name, name.into());
+                self.names.remove(&old);
+                self.names.insert(name.into(), pool);
+            }
         }
         Ok(self.pools[p].def.info(self.cfg.cores))
     }

@@ -84,6 +84,20 @@ impl Model {
         }
     }
 
+    /// Changes a pool's capacity: refused with `capacity_in_use` below what is held and
+    /// confirmed, with `invalid_capacity` outside 1..=2^60.
+    pub fn resize(&mut self, pool: u32, capacity: u64) -> Result<(), Status> {
+        let p = self.pools.get_mut(&pool).ok_or(Status::PoolNotFound)?;
+        if capacity == 0 || capacity > crate::shard::pool::POOL_CAPACITY_MAX {
+            return Err(Status::InvalidCapacity);
+        }
+        if capacity < p.held + p.confirmed {
+            return Err(Status::CapacityInUse);
+        }
+        p.capacity = capacity;
+        Ok(())
+    }
+
     /// Pool totals: (held, confirmed, available).
     pub fn totals(&self, pool: u32) -> (u64, u64, u64) {
         let p = &self.pools[&pool];

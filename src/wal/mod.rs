@@ -52,12 +52,12 @@ use std::path::PathBuf;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
-    /// Answers wait until their records are on disk (one fdatasync for everything applied
+    /// Answers wait until their records are on disk (one durable write for everything applied
     /// together). Nothing acknowledged is ever lost.
     Sync,
     /// The log is written and made durable every `fsync_interval_ms`; answers do not wait,
     /// so a crash loses the operations acknowledged in the last window: up to the interval
-    /// plus the time of two writes and fdatasyncs.
+    /// plus the time of two durable writes.
     Batch,
     /// No log: the state lives in memory only (tests and benchmarks).
     None,

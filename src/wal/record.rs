@@ -42,6 +42,9 @@ const KIND_CREATE_POOL: u8 = 7;
 const KIND_SET_ACTIVE: u8 = 8;
 const KIND_SET_LIMITS: u8 = 9;
 const KIND_SET_RULES: u8 = 10;
+const KIND_RESIZE: u8 = 11;
+const KIND_RECALL: u8 = 12;
+const KIND_RENAME: u8 = 13;
 
 /// A decoded record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +79,9 @@ pub fn encode(lsn: u64, now_ms: u64, command: &Command, out: &mut Vec<u8>) {
         Command::SetPoolActive { .. } => KIND_SET_ACTIVE,
         Command::SetLimits(_) => KIND_SET_LIMITS,
         Command::SetPoolRules { .. } => KIND_SET_RULES,
+        Command::ResizePool { .. } => KIND_RESIZE,
+        Command::RecallPool { .. } => KIND_RECALL,
+        Command::RenamePool { .. } => KIND_RENAME,
         Command::Lookup(_) | Command::PeerAck { .. } => panic!("{command:?} is not logged"),
     };
     out.push(kind);
@@ -126,6 +132,16 @@ pub fn encode(lsn: u64, now_ms: u64, command: &Command, out: &mut Vec<u8>) {
         Command::SetPoolActive { pool, active } => {
             out.extend_from_slice(&pool.to_le_bytes());
             out.push(*active as u8);
+        }
+        Command::ResizePool { pool, capacity } => {
+            out.extend_from_slice(&pool.to_le_bytes());
+            out.extend_from_slice(&capacity.to_le_bytes());
+        }
+        Command::RecallPool { pool } => out.extend_from_slice(&pool.to_le_bytes()),
+        Command::RenamePool { pool, name } => {
+            out.extend_from_slice(&pool.to_le_bytes());
+            out.push(name.len() as u8);
+            out.extend_from_slice(name.as_bytes());
         }
         Command::SetLimits(c) => {
             out.extend_from_slice(&c.core.to_le_bytes());
@@ -239,6 +255,21 @@ fn decode_command(kind: u8, f: &[u8]) -> Option<Command> {
             let rules = PoolRules::decode(&f[4..]).ok()?;
             Command::SetPoolRules { pool: u32_at(0)?, rules }
         }
+        KIND_RESIZE => {
+            exactly(12)?;
+            Command::ResizePool { pool: u32_at(0)?, capacity: u64_at(4)? }
+        }
+        KIND_RECALL => {
+            exactly(4)?;
+            Command::RecallPool { pool: u32_at(0)? }
+        }
+        KIND_RENAME => {
+            let name_len = *f.get(4)? as usize;
+            exactly(5 + name_len)?;
+            // Any UTF-8 name: a refused rename is logged like any other change.
+            let name = std::str::from_utf8(&f[5..]).ok()?;
+            Command::RenamePool { pool: u32_at(0)?, name: name.into() }
+        }
         KIND_SET_ACTIVE => {
             exactly(5)?;
             Command::SetPoolActive {
@@ -327,6 +358,10 @@ mod tests {
             (Command::CreatePool(PoolDef { rules, ..pool_def(&"x".repeat(64)) }), 16 + 9 + 23 + 64 + 48),
             (Command::SetPoolActive { pool: 5, active: true }, 16 + 9 + 5),
             (Command::SetPoolActive { pool: 5, active: false }, 16 + 9 + 5),
+            (Command::ResizePool { pool: 5, capacity: 1 << 60 }, 16 + 9 + 12),
+            (Command::RecallPool { pool: u32::MAX }, 16 + 9 + 4),
+            (Command::RenamePool { pool: 5, name: "seats-2026".into() }, 16 + 9 + 5 + 10),
+            (Command::RenamePool { pool: 6, name: "x".repeat(64).into() }, 16 + 9 + 5 + 64),
             (Command::SetLimits(limits()), 16 + 9 + 24),
             (Command::SetPoolRules { pool: 5, rules }, 16 + 9 + 52),
             (Command::SetPoolRules { pool: 6, rules: PoolRules::default() }, 16 + 9 + 52),
@@ -388,7 +423,7 @@ mod tests {
                 b[RECORD_HEADER_SIZE]
             })
             .collect();
-        assert_eq!(kinds, [1, 2, 3, 4, 5, 6, 6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 8, 8, 9, 10, 10, 10]);
+        assert_eq!(kinds, [1, 2, 3, 4, 5, 6, 6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 8, 8, 11, 12, 13, 13, 9, 10, 10, 10]);
     }
 
     #[test]
@@ -488,7 +523,7 @@ mod tests {
         let active = Command::SetPoolActive { pool: 1, active: true };
         let cases: Vec<(&str, Vec<u8>)> = vec![
             ("unknown kind 0", edited(&Command::Tick, |b| b[0] = 0)),
-            ("unknown kind 11", edited(&Command::Tick, |b| b[0] = 11)),
+            ("unknown kind 14", edited(&Command::Tick, |b| b[0] = 14)),
             ("tick with a field", edited(&Command::Tick, |b| b.push(0))),
             ("reserve one byte short", edited(&reserve, |b| b.truncate(b.len() - 1))),
             ("reserve one byte long", edited(&reserve, |b| b.push(0))),

@@ -9,8 +9,12 @@ use std::path::Path;
 use super::WalError;
 use super::record::{self, Record};
 
-/// The first bytes of every segment.
-pub const SEGMENT_MAGIC: [u8; 8] = *b"SCWAL\0\0\x03";
+/// The first bytes of every segment written by this version; the last byte is the format
+/// version.
+pub const SEGMENT_MAGIC: [u8; 8] = *b"SCWAL\0\0\x04";
+/// The oldest format version read: version 4 only added record kinds (pool capacity
+/// changes, recalls and renames) to version 3.
+pub const SEGMENT_VERSION_OLDEST: u8 = 3;
 /// Size of the segment header.
 pub const SEGMENT_HEADER_SIZE: usize = 32;
 
@@ -55,13 +59,14 @@ impl SegmentHeader {
         if b.len() < SEGMENT_HEADER_SIZE {
             return Err(corrupt("shorter than a segment header"));
         }
-        if b[0..7] == SEGMENT_MAGIC[0..7] && b[7] != SEGMENT_MAGIC[7] {
+        let version = b[7];
+        if b[0..7] == SEGMENT_MAGIC[0..7] && !(SEGMENT_VERSION_OLDEST..=SEGMENT_MAGIC[7]).contains(&version) {
             return Err(corrupt(&format!(
-                "log format version {}, this server reads version {} (bad magic)",
-                b[7], SEGMENT_MAGIC[7]
+                "log format version {version}, this server reads versions {SEGMENT_VERSION_OLDEST} to {} (bad magic)",
+                SEGMENT_MAGIC[7]
             )));
         }
-        if b[0..8] != SEGMENT_MAGIC {
+        if b[0..7] != SEGMENT_MAGIC[0..7] {
             return Err(corrupt("not a shardcap log segment (bad magic)"));
         }
         if crc32c::crc32c(&b[0..24]) != u32::from_le_bytes(b[24..28].try_into().unwrap()) {
@@ -225,7 +230,7 @@ mod tests {
     fn header_round_trips_with_its_documented_layout() {
         let h = SegmentHeader { core: 3, cores: 8, first_lsn: 0x0102_0304_0506_0708 };
         let b = h.encode();
-        assert_eq!(&b[0..8], b"SCWAL\0\0\x03");
+        assert_eq!(&b[0..8], b"SCWAL\0\0\x04");
         assert_eq!(&b[8..10], &3u16.to_le_bytes());
         assert_eq!(&b[10..12], &8u16.to_le_bytes());
         assert_eq!(&b[12..16], &[0; 4]);
@@ -233,6 +238,12 @@ mod tests {
         assert_eq!(&b[24..28], &crc32c::crc32c(&b[0..24]).to_le_bytes());
         assert_eq!(&b[28..32], &[0; 4]);
         assert_eq!(SegmentHeader::decode(&b, &path()).expect("decodes"), h);
+        // A version-3 header (same layout, fewer record kinds) is still read.
+        let mut v3 = b;
+        v3[7] = 3;
+        let crc = crc32c::crc32c(&v3[0..24]);
+        v3[24..28].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(SegmentHeader::decode(&v3, &path()).expect("version 3 decodes"), h);
     }
 
     #[test]
@@ -248,7 +259,7 @@ mod tests {
         bad_stored_crc[24] ^= 0x80;
         let cases: [(&[u8], &str); 5] = [
             (&bad_magic, "bad magic"),
-            (&bad_version, "log format version 1, this server reads version 3"),
+            (&bad_version, "log format version 1, this server reads versions 3 to 4"),
             (&bad_crc, "checksum mismatch"),
             (&bad_stored_crc, "checksum mismatch"),
             (&good[..31], "shorter than a segment header"),

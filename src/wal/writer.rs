@@ -151,8 +151,9 @@ impl LogWriter {
         };
         if mode != Durability::None {
             match append_at {
-                Some((path, len)) => writer.reopen(path, len).await?,
-                None => writer.start_segment(last_lsn + 1).await?,
+                // A segment of an older format version is left as it is.
+                Some((path, len)) if written_by_this_version(&path)? => writer.reopen(path, len).await?,
+                _ => writer.start_segment(last_lsn + 1).await?,
             }
         }
         Ok(writer)
@@ -346,6 +347,12 @@ impl LogWriter {
         Ok(())
     }
 
+    /// True while a spare is being filled (for tests that wait for it).
+    #[cfg(test)]
+    fn spare_preparing(&self) -> bool {
+        matches!(*self.spare.borrow(), Spare::Preparing)
+    }
+
     /// Asks for a spare once the current segment is far enough along.
     fn want_spare(&self) {
         let threshold = SPARE_AFTER.min(self.segment_size_max / 2);
@@ -384,24 +391,36 @@ impl LogWriter {
     }
 }
 
-/// Creates `path` with `size` bytes (rounded up to whole chunks) of zeros, on disk.
+/// Creates `path` with `size` bytes (rounded up to whole blocks) of zeros, on disk.
 async fn fill_with_zeros(path: &Path, size: u64) -> Result<(), WalError> {
     let file =
         OpenOptions::new().write(true).create(true).truncate(true).dma_open(path).await.map_err(glommio_io(path))?;
+    let size = size.next_multiple_of(BLOCK);
     let mut pos = 0;
     while pos < size {
-        let mut zeros = file.alloc_dma_buffer(ZERO_CHUNK);
+        let chunk = (size - pos).min(ZERO_CHUNK as u64) as usize;
+        let mut zeros = file.alloc_dma_buffer(chunk);
         zeros.as_bytes_mut().fill(0);
         let written = file.write_at(zeros, pos).await.map_err(glommio_io(path))?;
-        if written != ZERO_CHUNK {
-            let reason = format!("the disk took {written} of {ZERO_CHUNK} bytes");
+        if written != chunk {
+            let reason = format!("the disk took {written} of {chunk} bytes");
             return Err(WalError::Io { path: path.into(), source: std::io::Error::other(reason) });
         }
-        pos += ZERO_CHUNK as u64;
+        pos += chunk as u64;
     }
     file.fdatasync().await.map_err(glommio_io(path))?;
     file.close().await.map_err(glommio_io(path))?;
     Ok(())
+}
+
+/// True if the segment at `path` has this version's magic.
+fn written_by_this_version(path: &Path) -> Result<bool, WalError> {
+    use std::io::Read;
+    let mut magic = [0; 8];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .map_err(|source| WalError::Io { path: path.into(), source })?;
+    Ok(magic == segment::SEGMENT_MAGIC)
 }
 
 /// Opens (or creates) a segment for direct writes that are durable when they complete.
@@ -450,7 +469,9 @@ mod tests {
     }
 
     /// Appends `rounds` groups of `per_round` reserves (ids from `first_id`), each group
-    /// waited for before the next, and returns the log's counters.
+    /// waited for before the next, and returns the log's counters. A spare asked for is
+    /// ready before the next group (a segment is far from full when one is asked for), so
+    /// every segment after the first starts on a spare.
     async fn append_rounds(log: &Rc<LogWriter>, first_id: u128, rounds: u128, per_round: u128) -> LogStats {
         let mut id = first_id;
         for _ in 0..rounds {
@@ -459,6 +480,12 @@ mod tests {
                 id += 1;
             }
             log.durable(log.last_lsn()).await;
+            let mut waited = 0;
+            while log.spare_preparing() {
+                assert!(waited < 10_000, "a spare of {SEGMENT_MAX} bytes takes more than 10 s");
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+                waited += 1;
+            }
         }
         log.stats()
     }
@@ -507,7 +534,7 @@ mod tests {
             let segments = recovery::list(&dir).unwrap().segments;
             let sizes: Vec<u64> = segments.iter().map(|(_, p)| std::fs::metadata(p).unwrap().len()).collect();
             assert!(sizes[0] < SEGMENT_MAX, "{sizes:?}");
-            assert!(sizes[1..].iter().all(|&s| s >= SEGMENT_MAX), "{sizes:?}");
+            assert!(sizes[1..].iter().all(|&s| s == SEGMENT_MAX), "{sizes:?}");
             assert_eq!(stats.spares_used as usize, segments.len() - 1);
         });
     }
