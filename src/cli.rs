@@ -311,8 +311,8 @@ pub enum PoolCommand {
         client: ClientArgs,
     },
     /// Change a pool's capacity while it serves: more units are there at once; fewer are
-    /// taken from the free units of every core, never below what is held and confirmed
-    /// (refused with `capacity_in_use`).
+    /// taken from the free units of every core (refused with `capacity_in_use` if they are
+    /// not free: held, confirmed, on their way to a reserve, or kept for priority reserves).
     Resize {
         /// Pool name or id.
         pool: String,

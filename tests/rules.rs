@@ -521,6 +521,38 @@ fn general_reserves_leave_the_kept_share_to_priority_reserves_on_every_core() {
     c.check();
 }
 
+#[test]
+fn a_smaller_capacity_leaves_the_kept_share_and_a_larger_one_grows_it() {
+    // 100 units, 10 kept for priority 5 and up; 2 cores, the home core is core 1.
+    let rules = PoolRules { kept_permille: 100, priority_min: 5, ..PoolRules::default() };
+    let template =
+        EngineConfig { core: 0, cores: 2, holds_max: 400, parked_max: 64, retention_ms: RETENTION, pools_max: 4 };
+    let mut c = Cluster::new(2, template, T0);
+    c.create_pool(&request(100, rules)).unwrap();
+    let (u0, u1) =
+        ((1u128..).find(|&u| home_core(u, 2) == 0).unwrap(), (1u128..).find(|&u| home_core(u, 2) == 1).unwrap());
+    for id in 1..=9 {
+        assert_eq!(reserve_settled(&mut c, T0, id, if id % 2 == 0 { u0 } else { u1 }, 10, 0), S::Ok, "general {id}");
+    }
+    assert_eq!(c.totals(1), (90, 0, 10));
+    // The 10 free units are the kept ones: a shrink may take only what keeps the new
+    // capacity's kept units free (kept_units(99) = 9, kept_units(95) = 9).
+    assert_eq!((rules.kept_units(99), rules.kept_units(95)), (9, 9));
+    assert_eq!(c.resize_pool(T0, 1, 95, |n| n - 1), Err(S::CapacityInUse));
+    assert_eq!(c.resize_pool(T0, 1, 99, |n| n - 1).map(|i| i.capacity), Ok(99));
+    c.check();
+    assert_eq!(reserve_settled(&mut c, T0, 20, u0, 1, 0), S::SoldOut, "the 9 free units are kept");
+    // Growing to 120 adds 21 units: 12 of the 30 free ones are kept now, so general
+    // reserves (on either core) get 18 more.
+    assert_eq!(c.resize_pool(T0, 1, 120, |n| n - 1).map(|i| i.capacity), Ok(120));
+    assert_eq!(reserve_settled(&mut c, T0, 21, u0, 10, 0), S::Ok);
+    assert_eq!(reserve_settled(&mut c, T0, 24, u1, 8, 0), S::Ok);
+    assert_eq!(reserve_settled(&mut c, T0, 22, u1, 1, 0), S::SoldOut);
+    assert_eq!(reserve_settled(&mut c, T0, 23, u0, 12, 5), S::Ok, "priority reserves take the kept units");
+    assert_eq!(c.totals(1), (120, 0, 0));
+    c.check();
+}
+
 #[derive(Clone, Debug)]
 enum PStep {
     Reserve { user: u8, qty: u8, priority: bool },

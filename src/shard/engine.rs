@@ -511,8 +511,9 @@ impl Engine {
 
     /// Changes a pool's capacity. The pool's home core decides: a larger capacity adds the
     /// difference to its shard at once (serving its waiting reserves); a smaller one takes
-    /// the difference from its shard's free units and is refused with `capacity_in_use` if
-    /// the shard does not have them (see [`Self::resize_shortfall`]). Every other core only
+    /// the difference from its shard's free units, leaving the units kept for priority
+    /// reserves at the new capacity, and is refused with `capacity_in_use` if the shard
+    /// does not have them (see [`Self::resize_shortfall`]). Every other core only
     /// records the new capacity: its shard does not change, so `share` changes on the home
     /// core alone and the shards' shares still add up to the capacity. A capacity outside
     /// 1..=2^60 is `invalid_capacity`.
@@ -548,11 +549,13 @@ impl Engine {
         if capacity == 0 || capacity > POOL_CAPACITY_MAX {
             return Err(Status::InvalidCapacity);
         }
-        let old = self.pools[p].def.capacity;
-        if !self.is_home(p) || capacity >= old {
+        let def = &self.pools[p].def;
+        if !self.is_home(p) || capacity >= def.capacity {
             return Ok(0);
         }
-        Ok((old - capacity).saturating_sub(self.pools[p].shard.available()))
+        // The units kept for priority reserves at the new capacity stay free on this core.
+        let needed = def.capacity - capacity + def.rules.kept_units(capacity);
+        Ok(needed.saturating_sub(self.pools[p].shard.available()))
     }
 
     /// The borrowing mode of pool `pool` on its home core (`None` elsewhere).
