@@ -129,8 +129,10 @@ pub struct CoreRuntime {
     catalog_lock: glommio::sync::Semaphore,
 }
 
-/// The longest a capacity change waits for a recall of free units to end.
+/// The longest a capacity change waits for recalls of free units to end.
 const RESIZE_RECALL_WAIT: Duration = Duration::from_secs(5);
+/// Recalls a capacity change starts at most.
+const RESIZE_RECALLS_MAX: u32 = 3;
 
 impl CoreRuntime {
     /// A core's runtime around its state machine, sending to other cores through `mesh`.
@@ -618,12 +620,12 @@ impl CoreRuntime {
 
     /// The pool's home core: applies a change of its capacity. A shrink takes free units of
     /// this core's shard; if there are too few, every shard's free units are recalled home
-    /// (once) and the change is tried again when the recall has ended. Refused with
-    /// `capacity_in_use` if even then the free units are short (they are held, confirmed,
-    /// or on their way to reserves).
+    /// and the change is tried again when the recall has ended (up to three recalls in 5 s).
+    /// Refused with `capacity_in_use` if even then the free units are short (they are held,
+    /// confirmed, on their way to reserves, or kept for priority reserves).
     async fn resize_at_home(self: &Rc<Self>, pool: u32, capacity: u64) -> Result<PoolInfo, Status> {
         let started = std::time::Instant::now();
-        let mut recalled = false;
+        let mut recalls = 0;
         loop {
             let short = self.engine.borrow().resize_shortfall(pool, capacity)?;
             if short == 0 {
@@ -635,14 +637,18 @@ impl CoreRuntime {
                 self.catalog_durable().await;
                 return result;
             }
+            // Drained after a recall, every free unit is here (or granted to a waiting
+            // reserve): the shortfall is real. Back to normal, shards may have borrowed
+            // units again before this task ran: recall once more, a few times at most.
             let mode = self.engine.borrow().bank_mode(pool);
+            let waited = started.elapsed() >= RESIZE_RECALL_WAIT;
             match mode {
-                Some(BankMode::Normal) if !recalled => {
+                Some(BankMode::Normal) if recalls < RESIZE_RECALLS_MAX && !waited => {
                     self.apply(self.now_ms(), Command::RecallPool { pool });
                     self.flush_engine();
-                    recalled = true;
+                    recalls += 1;
                 }
-                Some(BankMode::Recalling { .. }) if started.elapsed() < RESIZE_RECALL_WAIT => {}
+                Some(BankMode::Recalling { .. }) if !waited => {}
                 _ => return Err(Status::CapacityInUse),
             }
             // The recall's answers come from the other cores' mesh messages.

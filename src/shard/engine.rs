@@ -528,11 +528,10 @@ impl Engine {
             let shard = &mut self.pools[p].shard;
             if capacity >= old {
                 shard.capacity += capacity - old;
-                shard.share += capacity - old;
             } else {
                 shard.capacity -= old - capacity;
-                shard.share -= old - capacity;
             }
+            shard.share += capacity as i64 - old as i64;
             self.pools[p].def.capacity = capacity;
             self.pump(now_ms.max(self.last_now_ms), p);
         } else {
@@ -1393,7 +1392,7 @@ impl Engine {
             if s.held + s.confirmed > s.capacity {
                 return Some(format!("oversell on pool {id}: {s:?}"));
             }
-            if s.capacity + s.lent != s.share + s.borrowed {
+            if (s.capacity + s.lent) as i128 != s.share as i128 + s.borrowed as i128 {
                 return Some(format!("units created or lost on pool {id}: {s:?}"));
             }
             let home = slot.def.home_core(self.cfg.cores) == self.cfg.core;
@@ -1515,7 +1514,8 @@ impl Engine {
                     confirmed: s.confirmed,
                     lent: s.lent,
                     borrowed: s.borrowed,
-                    share: s.share,
+                    // Two's complement: the snapshot's field stays a u64.
+                    share: s.share as u64,
                     drained: s.drained,
                     aggregate_outstanding: s.aggregate_outstanding,
                     waiting: s
@@ -1623,7 +1623,7 @@ impl Engine {
                 confirmed: p.confirmed,
                 lent: p.lent,
                 borrowed: p.borrowed,
-                share: p.share,
+                share: p.share as i64,
                 drained: p.drained,
                 aggregate_outstanding: p.aggregate_outstanding,
                 waiting,

@@ -94,8 +94,11 @@ pub struct Shard {
     pub lent: u64,
     /// Units received from other cores, ever.
     pub borrowed: u64,
-    /// The units this shard started with (plus capacity changes).
-    pub share: u64,
+    /// The units this shard started with, plus the capacity changes made on it (only on
+    /// the pool's home core). Signed: a smaller capacity can take more units from the home
+    /// core than it started with, when other shards lent it units; the shares of all shards
+    /// still add up to the pool's capacity.
+    pub share: i64,
     /// Free units are gathered at the home core; this shard keeps none and borrows exactly.
     pub drained: bool,
     /// An aggregate borrow (for the whole waiting line) is outstanding.
@@ -107,7 +110,7 @@ pub struct Shard {
 impl Shard {
     /// A shard that owns `share` units.
     pub fn new(share: u64) -> Self {
-        Shard { capacity: share, share, ..Default::default() }
+        Shard { capacity: share, share: share as i64, ..Default::default() }
     }
 
     /// Units free on this shard.

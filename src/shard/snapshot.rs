@@ -75,7 +75,7 @@ pub struct PoolSnap {
     pub lent: u64,
     /// Shard: units received, ever.
     pub borrowed: u64,
-    /// Shard: initial share.
+    /// Shard: its share (`Shard::share`, an i64 stored in two's complement).
     pub share: u64,
     /// Shard: drained.
     pub drained: bool,
