@@ -40,10 +40,13 @@ fn serve(args: &shardcap::cli::ServeArgs) -> anyhow::Result<()> {
         std::process::abort();
     }));
     let config = serve_config(args)?;
-    let filter = EnvFilter::try_from_env("SHARDCAP_LOG").unwrap_or_else(|_| EnvFilter::new(&config.server.log_level));
     // glommio's only message from `glommio::reactor` reports the failed polled-ring probe
-    // that the write-only log segments cause on purpose (`wal::writer::open_segment`).
-    let filter = filter.add_directive("glommio::reactor=off".parse().expect("a valid directive"));
+    // that the write-only log segments cause on purpose (`wal::writer::open_segment`); it is
+    // shown only if SHARDCAP_LOG asks for it.
+    let filter = EnvFilter::try_from_env("SHARDCAP_LOG").unwrap_or_else(|_| {
+        EnvFilter::new(&config.server.log_level)
+            .add_directive("glommio::reactor=off".parse().expect("a valid directive"))
+    });
     // Colours only on a terminal: a log file or a pipe gets plain `key=value` text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();

@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::{Server, by_id, pool, users_on};
 use shardcap::client::Client;
 use shardcap::protocol::control::{PoolRef, PoolStatus};
-use shardcap::protocol::{ConfirmOp, Status};
+use shardcap::protocol::{ConfirmOp, ReleaseOp, Status};
 
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -97,11 +97,16 @@ fn a_capacity_that_shrinks_takes_free_units_from_every_shard_but_never_what_is_h
     assert_eq!(reserve(&mut c, 11, users[1], id, 4), Status::Ok);
     assert_eq!(reserve(&mut home, 12, u, id, 6), Status::Ok);
     assert_eq!(reserve(&mut home, 13, u, id, 1), Status::SoldOut);
-    // Down to exactly what is handed out.
-    assert_eq!(admin.pool_set_capacity(id, 40).unwrap().map(|i| i.capacity), Ok(40));
+    // 10 units free again, on both cores (4 released on the other core, 6 at home); down
+    // to exactly what is held and confirmed, which takes both shards' free units.
+    assert_eq!(c.release(&[ReleaseOp { id: 11, user: users[1] }]).unwrap()[0].status, Status::Ok as u8);
+    assert_eq!(home.release(&[ReleaseOp { id: 12, user: u }]).unwrap()[0].status, Status::Ok as u8);
     let s = status(&mut admin, id);
-    assert_eq!((s.held() + s.confirmed(), s.available()), (40, 0));
-    assert_eq!(admin.pool_set_capacity(id, 39).unwrap(), Err(Status::CapacityInUse));
+    assert_eq!((s.held() + s.confirmed(), s.available()), (30, 10));
+    assert_eq!(admin.pool_set_capacity(id, 30).unwrap().map(|i| i.capacity), Ok(30));
+    let s = status(&mut admin, id);
+    assert_eq!((s.info.capacity, s.held() + s.confirmed(), s.available()), (30, 30, 0));
+    assert_eq!(admin.pool_set_capacity(id, 29).unwrap(), Err(Status::CapacityInUse));
 }
 
 #[test]

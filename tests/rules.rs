@@ -553,6 +553,38 @@ fn a_smaller_capacity_leaves_the_kept_share_and_a_larger_one_grows_it() {
     c.check();
 }
 
+#[test]
+fn a_home_core_whose_share_went_below_zero_survives_a_snapshot() {
+    // 100 units on 2 cores (50 each, home core 1); core 0's users hold 10. Down to 10 units:
+    // the home core takes its own 50 and the 40 core 0 had free, 90 in all, so its share is
+    // 50 - 90 = -40 and core 0's stays 50: together 10.
+    let template =
+        EngineConfig { core: 0, cores: 2, holds_max: 400, parked_max: 64, retention_ms: RETENTION, pools_max: 4 };
+    let mut c = Cluster::new(2, template, T0);
+    c.create_pool(&request(100, PoolRules::default())).unwrap();
+    let u0 = (1u128..).find(|&u| home_core(u, 2) == 0).unwrap();
+    assert_eq!(reserve_settled(&mut c, T0, 1, u0, 10, 0), S::Ok);
+    assert_eq!(c.resize_pool(T0, 1, 10, |n| n - 1).map(|i| i.capacity), Ok(10));
+    c.check();
+    let shards = c.shards(1);
+    assert_eq!(shards.iter().map(|s| (s.capacity, s.held)).collect::<Vec<_>>(), [(10, 10), (0, 0)]);
+    // The home core's shard: capacity 0, borrowed 40, so its share is -40.
+    assert_eq!((shards[1].lent, shards[1].borrowed), (0, 40));
+    let home = &mut c.engines[1];
+    let head = home.snapshot_begin();
+    let mut records = Vec::new();
+    while !home.snapshot_chunk(16, &mut records) {}
+    let mut restored = Engine::restore(&head, &records).expect("a consistent snapshot");
+    restored.audit();
+    assert_eq!(restored.shard_snapshot(1), home.shard_snapshot(1));
+    // Growing again from there: the home core's share back to 0 and above.
+    let Outcome::Pool(Ok(info)) = restored.apply(T0, Command::ResizePool { pool: 1, capacity: 60 }) else {
+        panic!("a larger capacity is accepted")
+    };
+    assert_eq!((info.capacity, restored.shard_snapshot(1).unwrap().capacity), (60, 50));
+    restored.audit();
+}
+
 #[derive(Clone, Debug)]
 enum PStep {
     Reserve { user: u8, qty: u8, priority: bool },

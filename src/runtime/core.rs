@@ -643,7 +643,8 @@ impl CoreRuntime {
             let mode = self.engine.borrow().bank_mode(pool);
             let waited = started.elapsed() >= RESIZE_RECALL_WAIT;
             match mode {
-                Some(BankMode::Normal) if recalls < RESIZE_RECALLS_MAX && !waited => {
+                // (One core has every free unit already: nothing to recall.)
+                Some(BankMode::Normal) if self.cores > 1 && recalls < RESIZE_RECALLS_MAX && !waited => {
                     self.apply(self.now_ms(), Command::RecallPool { pool });
                     self.flush_engine();
                     recalls += 1;
@@ -672,9 +673,8 @@ impl CoreRuntime {
         let mut renames = Vec::new();
         for def in defs {
             match mine.get(def.id as usize - 1) {
-                None => {
-                    self.apply(now_ms, Command::CreatePool(def.clone()));
-                }
+                // Created below, once every name here is core 0's.
+                None => {}
                 Some(have) => {
                     let changeable = PoolDef {
                         active: def.active,
@@ -707,13 +707,20 @@ impl CoreRuntime {
                 }
             }
         }
-        self.apply_renames(now_ms, renames)
+        self.apply_renames(now_ms, renames)?;
+        for def in &defs[mine.len()..] {
+            self.apply(now_ms, Command::CreatePool(def.clone()));
+        }
+        Ok(())
     }
 
     /// Renames pools to the names core 0 has. A name can still belong to another pool here
     /// that is itself to be renamed (core 0 swapped names through a third one): those wait
     /// for it, and a cycle of such pools is broken with a temporary name.
     fn apply_renames(&self, now_ms: u64, mut renames: Vec<(u32, Box<str>)>) -> Result<(), String> {
+        // Every wanted name is free here or held by a pool of the list (core 0's names are
+        // unique): each temporary name frees one, so there are at most as many as pools.
+        let mut temporary_left = renames.len();
         while !renames.is_empty() {
             let before = renames.len();
             renames.retain(|(pool, name)| {
@@ -724,6 +731,10 @@ impl CoreRuntime {
                 taken
             });
             if renames.len() == before {
+                if temporary_left == 0 {
+                    return Err(format!("core {} cannot take core 0's pool names", self.core));
+                }
+                temporary_left -= 1;
                 let pool = renames[0].0;
                 let free = (0..).map(|n| format!("renaming-{pool}-{n}"));
                 let temporary =

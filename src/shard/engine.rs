@@ -418,7 +418,9 @@ impl Engine {
 
     /// Checks a pool creation against the catalog (run on core 0, which owns pool ids).
     /// A repeat of an existing pool's creation (same name, kind, capacity and TTLs; the
-    /// active flag and the rules may have changed since) answers `Ok` with that pool.
+    /// active flag and the rules may have changed since) answers `Ok` with that pool. (The
+    /// capacity compared is the current one: a repeat after `pool_set_capacity` must carry
+    /// the new capacity, or it is `pool_exists`.)
     pub fn validate_pool_create(&self, req: &PoolCreate) -> Result<PoolDef, Status> {
         if !valid_pool_name(&req.name) {
             return Err(Status::InvalidPoolName);
@@ -588,7 +590,9 @@ impl Engine {
             Some(_) => {}
             None => {
                 let old = std::mem::replace(&mut self.pools[p].def.name, name.into());
-                self.names.remove(&old);
+                if self.names.get(&old) == Some(&pool) {
+                    self.names.remove(&old);
+                }
                 self.names.insert(name.into(), pool);
             }
         }

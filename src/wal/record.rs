@@ -17,6 +17,9 @@
 //! | 8    | set pool active | pool u32, active u8                                         |
 //! | 9    | set limits      | core u16, cores u16, holds_max u32, parked_max u32, retention_ms u64, pools_max u32 |
 //! | 10   | set pool rules  | pool u32, rules (48 bytes, as in the protocol's `PoolRules`) |
+//! | 11   | resize pool     | pool u32, capacity u64                                      |
+//! | 12   | recall pool     | pool u32                                                    |
+//! | 13   | rename pool     | pool u32, name length u8, name                              |
 //!
 //! A change is logged before the state machine decides it, so a refused change (an unknown
 //! pool, inconsistent rules) is in the log too and refused again when replayed.

@@ -11,7 +11,9 @@
 //! that block's bytes unchanged before the new records, and is padded with zeros to the
 //! end of its last block; recovery reads zeros after the last record as a clean end. A
 //! crash during a write cannot damage the records already in its first block: those
-//! bytes are rewritten with the same bytes.
+//! bytes are rewritten with the same bytes. (A power cut that stores a later block of the
+//! last write but not an earlier one leaves whole records after damage, which recovery
+//! refuses as corruption: docs/WAL.md, section 13.)
 //!
 //! New segments are files filled with zeros ahead of time (a spare, prepared in the
 //! background once the current segment holds [`SPARE_AFTER`] bytes or half its maximum):
