@@ -330,6 +330,15 @@ pub enum PoolCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Set a pool's description (up to 128 bytes of text; "" clears it).
+    Describe {
+        /// Pool name or id.
+        pool: String,
+        /// The new description.
+        description: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 /// `wal` subcommands. They only read the directory; run against the directory of a running
@@ -722,6 +731,7 @@ fn pool_json(info: &PoolInfo) -> serde_json::Value {
         "id": info.id, "name": info.name, "kind": PoolKind::from_u8(info.kind).map_or("unknown", |k| k.name()),
         "active": info.active, "capacity": info.capacity, "hold_ttl_ms_default": info.hold_ttl_ms_default,
         "hold_ttl_ms_max": info.hold_ttl_ms_max, "home_core": info.home_core, "rules": rules_json(&info.rules),
+        "description": info.description,
     })
 }
 
@@ -745,6 +755,9 @@ fn print_status(status: &PoolStatus) {
         status.confirmed(),
         status.available()
     );
+    if !i.description.is_empty() {
+        println!("description: {}", i.description);
+    }
     print_rules(&i.rules);
     println!(
         "{:<6}{:>12}{:>12}{:>12}{:>12}{:>8}  flags",
@@ -871,6 +884,13 @@ fn pool_command(cmd: PoolCommand) -> Result<(), Failure> {
             let id = resolve_pool(&mut c, &pool)?.id;
             print_pool_change(c.pool_set_capacity(id, capacity)?, &client, "pool resize", |info| {
                 format!("pool {} capacity {}", info.name, info.capacity)
+            })
+        }
+        PoolCommand::Describe { pool, description, client } => {
+            let mut c = connect(&client)?;
+            let id = resolve_pool(&mut c, &pool)?.id;
+            print_pool_change(c.pool_set_description(id, &description)?, &client, "pool description", |info| {
+                format!("pool {} description: {}", info.name, info.description)
             })
         }
         PoolCommand::Rename { pool, name, client } => {
@@ -1152,6 +1172,9 @@ fn command_fields(command: &crate::shard::Command) -> (&'static str, Vec<(&'stat
         C::ResizePool { pool, capacity } => ("resize_pool", vec![("pool", json!(pool)), ("capacity", json!(capacity))]),
         C::RecallPool { pool } => ("recall_pool", vec![("pool", json!(pool))]),
         C::RenamePool { pool, name } => ("rename_pool", vec![("pool", json!(pool)), ("name", json!(name.as_ref()))]),
+        C::DescribePool { pool, description } => {
+            ("describe_pool", vec![("pool", json!(pool)), ("description", json!(description.as_ref()))])
+        }
         C::SetLimits(c) => (
             "set_limits",
             vec![

@@ -135,6 +135,26 @@ fn a_renamed_pool_is_known_by_its_new_name_only_on_every_core() {
 }
 
 #[test]
+fn a_description_is_set_checked_cleared_and_shown_by_every_core() {
+    let server = Server::start(2, &pool("described", 5));
+    let mut admin = client(server.client());
+    let id = admin.pool_id("described").unwrap().unwrap();
+    assert_eq!(status(&mut admin, id).info.description, "", "none at creation");
+    let text = "Friday 20:00, hall B — rows 1–40";
+    assert_eq!(admin.pool_set_description(id, text).unwrap().map(|i| i.description), Ok(text.into()));
+    assert_eq!(admin.pool_set_description(id, &"x".repeat(129)).unwrap(), Err(Status::InvalidDescription));
+    assert_eq!(admin.pool_set_description(id, "two\nlines").unwrap(), Err(Status::InvalidDescription));
+    assert_eq!(admin.pool_set_description(9, "x").unwrap(), Err(Status::PoolNotFound));
+    for core in 0..2 {
+        let mut c = client(server.core_client(core));
+        assert_eq!(c.pool_list().unwrap()[0].description, text, "core {core}'s list");
+        assert_eq!(status(&mut c, id).info.description, text, "core {core}'s status");
+    }
+    assert_eq!(admin.pool_set_description(id, &"é".repeat(64)).unwrap().map(|i| i.description.len()), Ok(128));
+    assert_eq!(admin.pool_set_description(id, "").unwrap().map(|i| i.description), Ok(String::new()));
+}
+
+#[test]
 fn capacity_changes_and_renames_survive_a_kill_and_the_configured_capacity_does_not_override_them() {
     let config = pool("kept", 50);
     let server = Server::start(2, &config);
@@ -147,6 +167,7 @@ fn capacity_changes_and_renames_survive_a_kill_and_the_configured_capacity_does_
     assert_eq!(admin.pool_set_capacity(id, 80).unwrap().map(|i| i.capacity), Ok(80));
     assert_eq!(admin.pool_set_capacity(id, 20).unwrap().map(|i| i.capacity), Ok(20));
     assert_eq!(admin.pool_rename(id, "kept-2").unwrap().map(|i| i.name), Ok("kept-2".into()));
+    assert_eq!(admin.pool_set_description(id, "resized twice").unwrap().map(|i| i.capacity), Ok(20));
     drop((admin, c));
     let dir = server.kill();
 
@@ -156,6 +177,7 @@ fn capacity_changes_and_renames_survive_a_kill_and_the_configured_capacity_does_
     let mut admin = client(server.client());
     let s = status(&mut admin, id);
     assert_eq!((s.info.name.as_str(), s.info.capacity, s.held(), s.available()), ("kept-2", 20, 5, 15));
+    assert_eq!(s.info.description, "resized twice");
     let kept = admin.pool_id("kept").unwrap().expect("the configured pool exists again");
     assert_ne!(kept, id);
     assert_eq!(status(&mut admin, kept).info.capacity, 50);

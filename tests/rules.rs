@@ -554,7 +554,7 @@ fn a_smaller_capacity_leaves_the_kept_share_and_a_larger_one_grows_it() {
 }
 
 #[test]
-fn a_home_core_whose_share_went_below_zero_survives_a_snapshot() {
+fn a_home_core_whose_share_went_below_zero_and_a_description_survive_a_snapshot() {
     // 100 units on 2 cores (50 each, home core 1); core 0's users hold 10. Down to 10 units:
     // the home core takes its own 50 and the 40 core 0 had free, 90 in all, so its share is
     // 50 - 90 = -40 and core 0's stays 50: together 10.
@@ -571,12 +571,17 @@ fn a_home_core_whose_share_went_below_zero_survives_a_snapshot() {
     // The home core's shard: capacity 0, borrowed 40, so its share is -40.
     assert_eq!((shards[1].lent, shards[1].borrowed), (0, 40));
     let home = &mut c.engines[1];
+    let description = "hall B, row 1-40".into();
+    let Outcome::Pool(Ok(_)) = home.apply(T0, Command::DescribePool { pool: 1, description }) else {
+        panic!("a description is accepted")
+    };
     let head = home.snapshot_begin();
     let mut records = Vec::new();
     while !home.snapshot_chunk(16, &mut records) {}
     let mut restored = Engine::restore(&head, &records).expect("a consistent snapshot");
     restored.audit();
     assert_eq!(restored.shard_snapshot(1), home.shard_snapshot(1));
+    assert_eq!(restored.pool_info(1).unwrap().description, "hall B, row 1-40", "the description too");
     // Growing again from there: the home core's share back to 0 and above.
     let Outcome::Pool(Ok(info)) = restored.apply(T0, Command::ResizePool { pool: 1, capacity: 60 }) else {
         panic!("a larger capacity is accepted")

@@ -362,6 +362,7 @@ fn reserve_on_a_seated_pool_answers_wrong_pool_kind() {
         hold_ttl_ms_max: TTL_MAX,
         active: false,
         rules: Default::default(),
+        description: "".into(),
     };
     assert!(matches!(e.apply(T0, Command::CreatePool(seated)), Outcome::Pool(Ok(ref info)) if info.id == 2));
     #[rustfmt::skip]

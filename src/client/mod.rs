@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use crate::protocol::control::{
     self, CoreStats, Hello, PoolCreate, PoolInfo, PoolListRequest, PoolRef, PoolRename, PoolRules, PoolSetActive,
-    PoolSetCapacity, PoolSetRules, PoolStatus, UserActivity, UserActivityRequest,
+    PoolSetCapacity, PoolSetDescription, PoolSetRules, PoolStatus, UserActivity, UserActivityRequest,
 };
 use crate::protocol::{
     BatchOp, ConfirmOp, ExtendOp, FLAG_MORE, HEADER_SIZE, Header, LookupOp, LookupResult, OpResult, Opcode, ReleaseOp,
@@ -274,6 +274,19 @@ impl Client {
         let mut body = Vec::new();
         PoolRename { pool, name: name.into() }.encode(&mut body);
         let r = self.call(Opcode::PoolRename, 1, &body)?;
+        pool_info_answer(&r)
+    }
+
+    /// Replaces a pool's description (up to 128 bytes of text without control characters;
+    /// empty clears it); once this answers, every core reports it.
+    pub fn pool_set_description(
+        &mut self,
+        pool: u32,
+        description: &str,
+    ) -> Result<Result<PoolInfo, Status>, ClientError> {
+        let mut body = Vec::new();
+        PoolSetDescription { pool, description: description.into() }.encode(&mut body);
+        let r = self.call(Opcode::PoolSetDescription, 1, &body)?;
         pool_info_answer(&r)
     }
 

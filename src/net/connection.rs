@@ -23,8 +23,8 @@ use futures_lite::{AsyncRead, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use crate::protocol::control::{
-    self, PoolCreate, PoolListRequest, PoolRef, PoolRename, PoolSetActive, PoolSetCapacity, PoolSetRules, PoolStatus,
-    ShardStatus, UserActivity, UserActivityRequest, put_prefix,
+    self, PoolCreate, PoolListRequest, PoolRef, PoolRename, PoolSetActive, PoolSetCapacity, PoolSetDescription,
+    PoolSetRules, PoolStatus, ShardStatus, UserActivity, UserActivityRequest, put_prefix,
 };
 use crate::protocol::ops::ReservedNotZero;
 use crate::protocol::{
@@ -254,7 +254,9 @@ impl Connection {
             Opcode::PoolList => {
                 let req = PoolListRequest::decode(body).map_err(|_| Status::MalformedBody)?;
                 let fit = (self.limits.frame_size_max_bytes as usize - HEADER_SIZE - control::CONTROL_PREFIX_SIZE)
-                    / (control::PoolInfo::FIXED_SIZE + control::POOL_NAME_MAX_BYTES);
+                    / (control::PoolInfo::FIXED_SIZE
+                        + control::POOL_NAME_MAX_BYTES
+                        + control::POOL_DESCRIPTION_MAX_BYTES);
                 let fit = fit.min(u16::MAX as usize);
                 let limit = if req.limit == 0 { fit } else { (req.limit as usize).min(fit) };
                 let (infos, more) = self.core.pool_page(req.start_after, limit);
@@ -334,6 +336,13 @@ impl Connection {
             Opcode::PoolRename => {
                 let req = PoolRename::decode(body).map_err(|_| Status::MalformedBody)?;
                 let change = Command::RenamePool { pool: req.pool, name: req.name.into() };
+                self.control(opcode, id, move |core| async move {
+                    pool_answer(core.rpc(0, RpcReq::ChangePool(change)).await)
+                });
+            }
+            Opcode::PoolSetDescription => {
+                let req = PoolSetDescription::decode(body).map_err(|_| Status::MalformedBody)?;
+                let change = Command::DescribePool { pool: req.pool, description: req.description.into() };
                 self.control(opcode, id, move |core| async move {
                     pool_answer(core.rpc(0, RpcReq::ChangePool(change)).await)
                 });

@@ -9,6 +9,8 @@ use super::status::Status;
 
 /// The longest pool name in bytes.
 pub const POOL_NAME_MAX_BYTES: usize = 64;
+/// Longest pool description, in bytes of UTF-8.
+pub const POOL_DESCRIPTION_MAX_BYTES: usize = 128;
 /// Size of the result prefix of control responses.
 pub const CONTROL_PREFIX_SIZE: usize = 8;
 /// The user-hash function id announced in the handshake: XXH3-64 of the 16 little-endian
@@ -495,9 +497,10 @@ impl PoolCreate {
 
 /// A pool's definition as reported by the server.
 ///
-/// Layout: id u32 @0, kind u8 @4, active u8 @5, name_len u8 @6, reserved u8 @7,
+/// Layout: id u32 @0, kind u8 @4, active u8 @5, name_len u8 @6, description_len u8 @7,
 /// capacity u64 @8, hold_ttl_ms_default u32 @16, hold_ttl_ms_max u32 @20, home_core u16 @24,
-/// reserved 6 bytes @26, rules ([`PoolRules`], 48 bytes) @32, name @80.
+/// reserved 6 bytes @26, rules ([`PoolRules`], 48 bytes) @32, name @80, description after
+/// the name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolInfo {
     /// Pool id (from 1).
@@ -518,6 +521,8 @@ pub struct PoolInfo {
     pub home_core: u16,
     /// Allocation rules.
     pub rules: PoolRules,
+    /// Free text for operators (empty if none).
+    pub description: String,
 }
 
 impl PoolInfo {
@@ -529,7 +534,7 @@ impl PoolInfo {
         out.push(self.kind);
         out.push(self.active as u8);
         out.push(self.name.len() as u8);
-        out.push(0);
+        out.push(self.description.len() as u8);
         out.extend_from_slice(&self.capacity.to_le_bytes());
         out.extend_from_slice(&self.hold_ttl_ms_default.to_le_bytes());
         out.extend_from_slice(&self.hold_ttl_ms_max.to_le_bytes());
@@ -537,18 +542,21 @@ impl PoolInfo {
         out.extend_from_slice(&[0; 6]);
         self.rules.encode(out);
         out.extend_from_slice(self.name.as_bytes());
+        out.extend_from_slice(self.description.as_bytes());
     }
     /// Decodes one entry from the front of `b`; returns it and the bytes it used.
     pub fn decode(b: &[u8]) -> Result<(Self, usize), Malformed> {
         if b.len() < Self::FIXED_SIZE {
             return Err(Malformed);
         }
-        let name_len = b[6] as usize;
-        let end = Self::FIXED_SIZE + name_len;
+        let name_end = Self::FIXED_SIZE + b[6] as usize;
+        let end = name_end + b[7] as usize;
         if b.len() < end {
             return Err(Malformed);
         }
-        let name = std::str::from_utf8(&b[Self::FIXED_SIZE..end]).map_err(|_| Malformed)?.to_owned();
+        let text = |range: std::ops::Range<usize>| std::str::from_utf8(&b[range]).map_err(|_| Malformed);
+        let name = text(Self::FIXED_SIZE..name_end)?.to_owned();
+        let description = text(name_end..end)?.to_owned();
         Ok((
             PoolInfo {
                 id: u32_at(b, 0),
@@ -560,6 +568,7 @@ impl PoolInfo {
                 hold_ttl_ms_max: u32_at(b, 20),
                 home_core: u16_at(b, 24),
                 rules: PoolRules::decode(&b[32..])?,
+                description,
             },
             end,
         ))
@@ -847,6 +856,30 @@ impl PoolRename {
     }
 }
 
+/// Body of `pool_set_description`: pool u32 @0, description_len u8 @4, reserved 3 bytes @5
+/// (zero), then `description_len` bytes of UTF-8 text (0..=128; checked by the server).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolSetDescription {
+    /// Pool id.
+    pub pool: u32,
+    /// The new description (empty clears it).
+    pub description: String,
+}
+
+impl PoolSetDescription {
+    /// Size of the body before the text.
+    pub const FIXED_SIZE: usize = 8;
+    /// Appends the body.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        PoolRename { pool: self.pool, name: self.description.clone() }.encode(out);
+    }
+    /// Decodes a body.
+    pub fn decode(b: &[u8]) -> Result<Self, Malformed> {
+        let same_layout = PoolRename::decode(b)?;
+        Ok(PoolSetDescription { pool: same_layout.pool, description: same_layout.name })
+    }
+}
+
 /// Per-core counters (plain integers owned by each core, gathered on request).
 ///
 /// Layout (88 bytes): core u16 @0, reserved 6 bytes @2, then u64 counters: connections_open
@@ -1026,6 +1059,7 @@ mod tests {
                 hold_ttl_ms_max: 2,
                 home_core: 1,
                 rules: RULES,
+                description: "Friday, hall B".into(),
             },
             shards: vec![
                 ShardStatus { core: 0, capacity: 4, held: 1, confirmed: 1, lent: 3, ..Default::default() },

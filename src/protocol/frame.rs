@@ -3,8 +3,8 @@
 //! malformed frame is refused at once and a partial frame simply waits for its bytes.
 
 use super::control::{
-    POOL_NAME_MAX_BYTES, PoolCreate, PoolListRequest, PoolRename, PoolSetActive, PoolSetCapacity, PoolSetRules,
-    UserActivityRequest,
+    POOL_NAME_MAX_BYTES, PoolCreate, PoolListRequest, PoolRename, PoolSetActive, PoolSetCapacity, PoolSetDescription,
+    PoolSetRules, UserActivityRequest,
 };
 use super::header::{HEADER_SIZE, Header, MAGIC, Opcode, VERSION, decode_header};
 use super::status::Status;
@@ -93,6 +93,9 @@ pub fn next_frame(buf: &[u8], limits: &FrameLimits) -> Result<Option<(Header, us
         Opcode::PoolSetCapacity => count == 1 && body_len == PoolSetCapacity::SIZE,
         Opcode::PoolRename => {
             count == 1 && (PoolRename::FIXED_SIZE..=PoolRename::FIXED_SIZE + POOL_NAME_MAX_BYTES).contains(&body_len)
+        }
+        Opcode::PoolSetDescription => {
+            count == 1 && (PoolSetDescription::FIXED_SIZE..=PoolSetDescription::FIXED_SIZE + 255).contains(&body_len)
         }
         _ => {
             let size = opcode.request_record_size().expect("batchable opcode");

@@ -49,6 +49,8 @@ pub enum Opcode {
     PoolSetCapacity = 0x26,
     /// Rename a pool.
     PoolRename = 0x27,
+    /// Replace a pool's description.
+    PoolSetDescription = 0x28,
     /// Per-core counters.
     ServerStats = 0x30,
     /// Response only: a frame-level error; the body is a UTF-8 message.
@@ -74,6 +76,7 @@ impl Opcode {
             0x25 => Opcode::UserActivity,
             0x26 => Opcode::PoolSetCapacity,
             0x27 => Opcode::PoolRename,
+            0x28 => Opcode::PoolSetDescription,
             0x30 => Opcode::ServerStats,
             0xFF => Opcode::Error,
             _ => return None,
@@ -121,6 +124,7 @@ impl Opcode {
             Opcode::UserActivity => "user_activity",
             Opcode::PoolSetCapacity => "pool_set_capacity",
             Opcode::PoolRename => "pool_rename",
+            Opcode::PoolSetDescription => "pool_set_description",
             Opcode::ServerStats => "server_stats",
             Opcode::Error => "error",
         }

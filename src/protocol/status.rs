@@ -107,11 +107,13 @@ pub enum Status {
     /// A smaller capacity would take units that are held, confirmed, or on their way to a
     /// reserve: a pool's capacity never goes below what it has handed out.
     CapacityInUse = 49,
+    /// A pool description is longer than 128 bytes or has control characters.
+    InvalidDescription = 50,
 }
 
 impl Status {
     /// Every status, in numeric order (for docs, tests and tables).
-    pub const ALL: [Status; 40] = [
+    pub const ALL: [Status; 41] = [
         Status::Ok,
         Status::BadMagic,
         Status::UnsupportedVersion,
@@ -152,6 +154,7 @@ impl Status {
         Status::RateLimited,
         Status::InvalidRules,
         Status::CapacityInUse,
+        Status::InvalidDescription,
     ];
 
     /// Decodes a status byte; `None` for a number this version does not define.
@@ -202,6 +205,7 @@ impl Status {
             Status::RateLimited => "rate_limited",
             Status::InvalidRules => "invalid_rules",
             Status::CapacityInUse => "capacity_in_use",
+            Status::InvalidDescription => "invalid_description",
         }
     }
 

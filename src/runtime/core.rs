@@ -560,6 +560,9 @@ impl CoreRuntime {
                         }
                         Command::SetPoolRules { pool, rules } => tracing::info!(pool, ?rules, "pool rules changed"),
                         Command::RenamePool { pool, name } => tracing::info!(pool, %name, "pool renamed"),
+                        Command::DescribePool { pool, description } => {
+                            tracing::info!(pool, %description, "pool description changed")
+                        }
                         other => unreachable!("{other:?} is not a pool change"),
                     }
                     self.catalog_durable().await;
@@ -681,6 +684,7 @@ impl CoreRuntime {
                         rules: def.rules,
                         name: def.name.clone(),
                         capacity: def.capacity,
+                        description: def.description.clone(),
                         ..have.clone()
                     };
                     if changeable != *def {
@@ -704,12 +708,21 @@ impl CoreRuntime {
                     if have.name != def.name {
                         renames.push((def.id, def.name.clone()));
                     }
+                    if have.description != def.description {
+                        let description = def.description.clone();
+                        self.apply(now_ms, Command::DescribePool { pool: def.id, description });
+                    }
                 }
             }
         }
         self.apply_renames(now_ms, renames)?;
         for def in &defs[mine.len()..] {
-            self.apply(now_ms, Command::CreatePool(def.clone()));
+            // A creation record has no description: it follows as a change of its own.
+            self.apply(now_ms, Command::CreatePool(PoolDef { description: "".into(), ..def.clone() }));
+            if !def.description.is_empty() {
+                let description = def.description.clone();
+                self.apply(now_ms, Command::DescribePool { pool: def.id, description });
+            }
         }
         Ok(())
     }

@@ -242,6 +242,8 @@ pub enum Command {
     RecallPool { pool: u32 },
     /// Rename a pool (checked on core 0, applied on every core).
     RenamePool { pool: u32, name: Box<str> },
+    /// Replace a pool's description (checked on core 0, applied on every core).
+    DescribePool { pool: u32, description: Box<str> },
 }
 
 /// What [`Engine::apply`] answers.
@@ -374,6 +376,7 @@ impl Engine {
                 Outcome::None
             }
             Command::RenamePool { pool, name } => Outcome::Pool(self.rename_pool(pool, &name)),
+            Command::DescribePool { pool, description } => Outcome::Pool(self.describe_pool(pool, description)),
         }
     }
 
@@ -447,10 +450,17 @@ impl Engine {
             hold_ttl_ms_max: req.hold_ttl_ms_max,
             active: req.active,
             rules: req.rules,
+            description: "".into(),
         };
         if let Some(&id) = self.names.get(req.name.as_str()) {
             let existing = &self.pools[id as usize - 1].def;
-            let same = PoolDef { id, active: existing.active, rules: existing.rules, ..def } == *existing;
+            let same = PoolDef {
+                id,
+                active: existing.active,
+                rules: existing.rules,
+                description: existing.description.clone(),
+                ..def
+            } == *existing;
             return if same { Ok(existing.clone()) } else { Err(Status::PoolExists) };
         }
         if self.pools.len() as u32 >= self.cfg.pools_max.min(HOLD_POOL_ID_MAX) {
@@ -596,6 +606,17 @@ impl Engine {
                 self.names.insert(name.into(), pool);
             }
         }
+        Ok(self.pools[p].def.info(self.cfg.cores))
+    }
+
+    /// Replaces a pool's description (`invalid_description` if it is longer than 128 bytes
+    /// or has control characters; empty clears it).
+    pub fn describe_pool(&mut self, pool: u32, description: Box<str>) -> Result<PoolInfo, Status> {
+        let p = self.pool_index(pool).ok_or(Status::PoolNotFound)?;
+        if !super::pool::valid_pool_description(&description) {
+            return Err(Status::InvalidDescription);
+        }
+        self.pools[p].def.description = description;
         Ok(self.pools[p].def.info(self.cfg.cores))
     }
 
@@ -1513,6 +1534,7 @@ impl Engine {
                     hold_ttl_ms_max: d.hold_ttl_ms_max,
                     active: d.active,
                     rules: d.rules,
+                    description: d.description.to_string(),
                     shard_capacity: s.capacity,
                     held: s.held,
                     confirmed: s.confirmed,
@@ -1610,6 +1632,7 @@ impl Engine {
                 hold_ttl_ms_max: p.hold_ttl_ms_max,
                 active: p.active,
                 rules: p.rules,
+                description: p.description.as_str().into(),
             };
             if !def.rules.valid() {
                 return Err(format!("pool {}: invalid rules", p.id));

@@ -30,6 +30,16 @@ pub struct PoolDef {
     pub active: bool,
     /// Allocation rules (changeable at runtime, like `active`).
     pub rules: PoolRules,
+    /// Free text for operators (up to [`POOL_DESCRIPTION_MAX_BYTES`]; empty at creation).
+    pub description: Box<str>,
+}
+
+pub use crate::protocol::control::POOL_DESCRIPTION_MAX_BYTES;
+
+/// True for a description of at most [`POOL_DESCRIPTION_MAX_BYTES`] bytes without control
+/// characters (any other UTF-8 text; empty clears it).
+pub fn valid_pool_description(text: &str) -> bool {
+    text.len() <= POOL_DESCRIPTION_MAX_BYTES && !text.chars().any(char::is_control)
 }
 
 impl PoolDef {
@@ -65,6 +75,7 @@ impl PoolDef {
             hold_ttl_ms_max: self.hold_ttl_ms_max,
             home_core: self.home_core(cores),
             rules: self.rules,
+            description: self.description.to_string(),
         }
     }
 }

@@ -9,7 +9,7 @@ pub use super::users::UserPool;
 use crate::protocol::control::PoolRules;
 
 /// The version of this format.
-pub const SNAPSHOT_FORMAT: u32 = 4;
+pub const SNAPSHOT_FORMAT: u32 = 5;
 
 /// Everything but the reservation records.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +65,8 @@ pub struct PoolSnap {
     pub active: bool,
     /// Allocation rules.
     pub rules: PoolRules,
+    /// Description.
+    pub description: String,
     /// Shard: units owned.
     pub shard_capacity: u64,
     /// Shard: units held.

@@ -20,6 +20,7 @@
 //! | 11   | resize pool     | pool u32, capacity u64                                      |
 //! | 12   | recall pool     | pool u32                                                    |
 //! | 13   | rename pool     | pool u32, name length u8, name                              |
+//! | 14   | describe pool   | pool u32, description length u8, description                |
 //!
 //! A change is logged before the state machine decides it, so a refused change (an unknown
 //! pool, inconsistent rules) is in the log too and refused again when replayed.
@@ -48,6 +49,7 @@ const KIND_SET_RULES: u8 = 10;
 const KIND_RESIZE: u8 = 11;
 const KIND_RECALL: u8 = 12;
 const KIND_RENAME: u8 = 13;
+const KIND_DESCRIBE: u8 = 14;
 
 /// A decoded record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,6 +87,7 @@ pub fn encode(lsn: u64, now_ms: u64, command: &Command, out: &mut Vec<u8>) {
         Command::ResizePool { .. } => KIND_RESIZE,
         Command::RecallPool { .. } => KIND_RECALL,
         Command::RenamePool { .. } => KIND_RENAME,
+        Command::DescribePool { .. } => KIND_DESCRIBE,
         Command::Lookup(_) | Command::PeerAck { .. } => panic!("{command:?} is not logged"),
     };
     out.push(kind);
@@ -118,6 +121,7 @@ pub fn encode(lsn: u64, now_ms: u64, command: &Command, out: &mut Vec<u8>) {
             out.extend_from_slice(&msg.encode());
         }
         Command::CreatePool(def) => {
+            debug_assert!(def.description.is_empty(), "pools are created without a description");
             out.extend_from_slice(&def.id.to_le_bytes());
             out.push(def.kind as u8);
             out.push(def.active as u8);
@@ -141,10 +145,10 @@ pub fn encode(lsn: u64, now_ms: u64, command: &Command, out: &mut Vec<u8>) {
             out.extend_from_slice(&capacity.to_le_bytes());
         }
         Command::RecallPool { pool } => out.extend_from_slice(&pool.to_le_bytes()),
-        Command::RenamePool { pool, name } => {
+        Command::RenamePool { pool, name: text } | Command::DescribePool { pool, description: text } => {
             out.extend_from_slice(&pool.to_le_bytes());
-            out.push(name.len() as u8);
-            out.extend_from_slice(name.as_bytes());
+            out.push(text.len() as u8);
+            out.extend_from_slice(text.as_bytes());
         }
         Command::SetLimits(c) => {
             out.extend_from_slice(&c.core.to_le_bytes());
@@ -250,6 +254,7 @@ fn decode_command(kind: u8, f: &[u8]) -> Option<Command> {
                 hold_ttl_ms_max: u32_at(18)?,
                 name: name.into(),
                 rules,
+                description: "".into(),
             })
         }
         KIND_SET_RULES => {
@@ -272,6 +277,13 @@ fn decode_command(kind: u8, f: &[u8]) -> Option<Command> {
             // Any UTF-8 name: a refused rename is logged like any other change.
             let name = std::str::from_utf8(&f[5..]).ok()?;
             Command::RenamePool { pool: u32_at(0)?, name: name.into() }
+        }
+        KIND_DESCRIBE => {
+            let len = *f.get(4)? as usize;
+            exactly(5 + len)?;
+            // Any UTF-8 text: a refused description is logged like any other change.
+            let text = std::str::from_utf8(&f[5..]).ok()?;
+            Command::DescribePool { pool: u32_at(0)?, description: text.into() }
         }
         KIND_SET_ACTIVE => {
             exactly(5)?;
@@ -365,6 +377,8 @@ mod tests {
             (Command::RecallPool { pool: u32::MAX }, 16 + 9 + 4),
             (Command::RenamePool { pool: 5, name: "seats-2026".into() }, 16 + 9 + 5 + 10),
             (Command::RenamePool { pool: 6, name: "x".repeat(64).into() }, 16 + 9 + 5 + 64),
+            (Command::DescribePool { pool: 7, description: "é".repeat(64).into() }, 16 + 9 + 5 + 128),
+            (Command::DescribePool { pool: 7, description: "".into() }, 16 + 9 + 5),
             (Command::SetLimits(limits()), 16 + 9 + 24),
             (Command::SetPoolRules { pool: 5, rules }, 16 + 9 + 52),
             (Command::SetPoolRules { pool: 6, rules: PoolRules::default() }, 16 + 9 + 52),
@@ -426,7 +440,10 @@ mod tests {
                 b[RECORD_HEADER_SIZE]
             })
             .collect();
-        assert_eq!(kinds, [1, 2, 3, 4, 5, 6, 6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 8, 8, 11, 12, 13, 13, 9, 10, 10, 10]);
+        assert_eq!(
+            kinds,
+            [1, 2, 3, 4, 5, 6, 6, 6, 6, 6, 6, 6, 6, 6, 7, 7, 8, 8, 11, 12, 13, 13, 14, 14, 9, 10, 10, 10]
+        );
     }
 
     #[test]
@@ -526,7 +543,7 @@ mod tests {
         let active = Command::SetPoolActive { pool: 1, active: true };
         let cases: Vec<(&str, Vec<u8>)> = vec![
             ("unknown kind 0", edited(&Command::Tick, |b| b[0] = 0)),
-            ("unknown kind 14", edited(&Command::Tick, |b| b[0] = 14)),
+            ("unknown kind 15", edited(&Command::Tick, |b| b[0] = 15)),
             ("tick with a field", edited(&Command::Tick, |b| b.push(0))),
             ("reserve one byte short", edited(&reserve, |b| b.truncate(b.len() - 1))),
             ("reserve one byte long", edited(&reserve, |b| b.push(0))),

@@ -19,7 +19,7 @@ use crate::shard::snapshot::{HoldSnap, SnapshotHead};
 
 /// The first bytes of every snapshot file; the last byte is the format
 /// ([`crate::shard::snapshot::SNAPSHOT_FORMAT`]), readable before the archive is.
-pub const SNAPSHOT_MAGIC: [u8; 8] = *b"SCSNAP\0\x04";
+pub const SNAPSHOT_MAGIC: [u8; 8] = *b"SCSNAP\0\x05";
 const _: () = assert!(SNAPSHOT_MAGIC[7] as u32 == crate::shard::snapshot::SNAPSHOT_FORMAT);
 const PREFIX_SIZE: usize = 24;
 const CHUNK_PREFIX_SIZE: usize = 16;
@@ -272,7 +272,7 @@ mod tests {
         let mut older = bytes.clone();
         older[7] = 2;
         let expected =
-            "snapshot file version 2, this server reads version 4 (bad magic; another version of the server wrote it)";
+            "snapshot file version 2, this server reads version 5 (bad magic; another version of the server wrote it)";
         assert_eq!(corrupt_at(decode(&older, &path())), (0, expected.into()));
     }
 
