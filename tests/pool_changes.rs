@@ -143,6 +143,7 @@ fn a_description_is_set_checked_cleared_and_shown_by_every_core() {
     let text = "Friday 20:00, hall B — rows 1–40";
     assert_eq!(admin.pool_set_description(id, text).unwrap().map(|i| i.description), Ok(text.into()));
     assert_eq!(admin.pool_set_description(id, &"x".repeat(129)).unwrap(), Err(Status::InvalidDescription));
+    assert_eq!(admin.pool_set_description(id, &"x".repeat(255)).unwrap(), Err(Status::InvalidDescription));
     assert_eq!(admin.pool_set_description(id, "two\nlines").unwrap(), Err(Status::InvalidDescription));
     assert_eq!(admin.pool_set_description(9, "x").unwrap(), Err(Status::PoolNotFound));
     for core in 0..2 {
@@ -152,6 +153,12 @@ fn a_description_is_set_checked_cleared_and_shown_by_every_core() {
     }
     assert_eq!(admin.pool_set_description(id, &"é".repeat(64)).unwrap().map(|i| i.description.len()), Ok(128));
     assert_eq!(admin.pool_set_description(id, "").unwrap().map(|i| i.description), Ok(String::new()));
+    assert_eq!(admin.pool_set_description(id, text).unwrap().map(|i| i.description), Ok(text.into()));
+    drop(admin);
+
+    // Every change, the refused ones included, left a log that reads back.
+    let server = Server::start_in(2, &pool("described", 5), &server.kill());
+    assert_eq!(status(&mut client(server.client()), id).info.description, text);
 }
 
 #[test]

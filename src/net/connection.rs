@@ -342,6 +342,12 @@ impl Connection {
             }
             Opcode::PoolSetDescription => {
                 let req = PoolSetDescription::decode(body).map_err(|_| Status::MalformedBody)?;
+                // Refused here, before core 0 logs the change: a log record has room for a
+                // valid description only.
+                if !crate::shard::pool::valid_pool_description(&req.description) {
+                    self.respond_status(opcode, id, Status::InvalidDescription);
+                    return Ok(());
+                }
                 let change = Command::DescribePool { pool: req.pool, description: req.description.into() };
                 self.control(opcode, id, move |core| async move {
                     pool_answer(core.rpc(0, RpcReq::ChangePool(change)).await)

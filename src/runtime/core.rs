@@ -665,8 +665,8 @@ impl CoreRuntime {
         self.log.durable(self.log.last_lsn()).await;
     }
 
-    /// Applies the pools, activation flags, rules, names and capacities of core 0's catalog
-    /// that this core lacks (a core's capacity of a pool it is the home of is core 0's
+    /// Applies the pools, activation flags, rules, names, capacities and descriptions of
+    /// core 0's catalog that this core lacks (a core's capacity of a pool it is the home of is core 0's
     /// already: `start_cluster` took it from here).
     fn ensure_catalog(&self, now_ms: u64, defs: &[PoolDef]) -> Result<(), String> {
         let mine = self.engine.borrow().pool_defs();

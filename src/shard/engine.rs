@@ -1637,6 +1637,9 @@ impl Engine {
             if !def.rules.valid() {
                 return Err(format!("pool {}: invalid rules", p.id));
             }
+            if !super::pool::valid_pool_description(&def.description) {
+                return Err(format!("pool {}: invalid description", p.id));
+            }
             let mut waiting = VecDeque::with_capacity(p.waiting.len());
             for w in &p.waiting {
                 let op =
