@@ -244,6 +244,13 @@ async fn core_main(
         log.clone(),
         listeners,
     ));
+    // A new log starts with the limits; a restart with other limits records them. Before
+    // any task is spawned: glommio may run a spawned task at once, and a message from
+    // another core must not be applied (and logged) before the limits.
+    let limits = config.engine_config(core);
+    if (fresh && nothing_logged) || runtime.engine_config() != limits {
+        runtime.apply(now, Command::SetLimits(limits));
+    }
     // Messages kept from before a crash leave first: nothing this core does from now on
     // (applying a message, ticking) may overtake them on their links.
     runtime.resend_unacked();
@@ -259,11 +266,6 @@ async fn core_main(
     }
     let released = runtime.clone();
     glommio::spawn_local(log.clone().run(move |lsn| released.release_durable(lsn))).detach();
-    // A new log starts with the limits; a restart with other limits records them.
-    let limits = config.engine_config(core);
-    if (fresh && nothing_logged) || runtime.engine_config() != limits {
-        runtime.apply(now, Command::SetLimits(limits));
-    }
     let background = glommio::executor().create_task_queue(Shares::Static(100), Latency::NotImportant, "background");
     let tick = Duration::from_millis(config.server.expiry_tick_ms);
     let ticker = runtime.clone();
