@@ -243,38 +243,27 @@ impl Client {
 
     /// Activates or deactivates a pool.
     pub fn pool_set_active(&mut self, pool: u32, active: bool) -> Result<Result<PoolInfo, Status>, ClientError> {
-        let mut body = Vec::new();
-        PoolSetActive { pool, active }.encode(&mut body);
-        let r = self.call(Opcode::PoolSetActive, 1, &body)?;
-        pool_info_answer(&r)
+        self.pool_change(Opcode::PoolSetActive, |body| PoolSetActive { pool, active }.encode(body))
     }
 
     /// Replaces a pool's rules; once this answers, every core applies them.
     pub fn pool_set_rules(&mut self, pool: u32, rules: PoolRules) -> Result<Result<PoolInfo, Status>, ClientError> {
-        let mut body = Vec::new();
-        PoolSetRules { pool, rules }.encode(&mut body);
-        let r = self.call(Opcode::PoolSetRules, 1, &body)?;
-        pool_info_answer(&r)
+        self.pool_change(Opcode::PoolSetRules, |body| PoolSetRules { pool, rules }.encode(body))
     }
 
     /// Changes a pool's capacity. A larger one is there at once; a smaller one is taken
     /// from the free units (gathered from every core first if need be) and refused with
-    /// `capacity_in_use` if it would go below what is held, confirmed or on its way to a
-    /// reserve. Once this answers, every core knows the new capacity.
+    /// `capacity_in_use` if it would take units that are held, confirmed, on their way to
+    /// a reserve, or kept for priority reserves. Once this answers, every core knows the
+    /// new capacity.
     pub fn pool_set_capacity(&mut self, pool: u32, capacity: u64) -> Result<Result<PoolInfo, Status>, ClientError> {
-        let mut body = Vec::new();
-        PoolSetCapacity { pool, capacity }.encode(&mut body);
-        let r = self.call(Opcode::PoolSetCapacity, 1, &body)?;
-        pool_info_answer(&r)
+        self.pool_change(Opcode::PoolSetCapacity, |body| PoolSetCapacity { pool, capacity }.encode(body))
     }
 
     /// Renames a pool (`pool_exists` if another pool has the name); once this answers,
     /// every core knows the pool by its new name only.
     pub fn pool_rename(&mut self, pool: u32, name: &str) -> Result<Result<PoolInfo, Status>, ClientError> {
-        let mut body = Vec::new();
-        PoolRename { pool, name: name.into() }.encode(&mut body);
-        let r = self.call(Opcode::PoolRename, 1, &body)?;
-        pool_info_answer(&r)
+        self.pool_change(Opcode::PoolRename, |body| PoolRename { pool, name: name.into() }.encode(body))
     }
 
     /// Replaces a pool's description (up to 128 bytes of text without control characters;
@@ -284,9 +273,20 @@ impl Client {
         pool: u32,
         description: &str,
     ) -> Result<Result<PoolInfo, Status>, ClientError> {
+        self.pool_change(Opcode::PoolSetDescription, |body| {
+            PoolSetDescription { pool, description: description.into() }.encode(body)
+        })
+    }
+
+    /// Sends one pool change (a body `encode` writes) and reads the pool it answers.
+    fn pool_change(
+        &mut self,
+        opcode: Opcode,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<Result<PoolInfo, Status>, ClientError> {
         let mut body = Vec::new();
-        PoolSetDescription { pool, description: description.into() }.encode(&mut body);
-        let r = self.call(Opcode::PoolSetDescription, 1, &body)?;
+        encode(&mut body);
+        let r = self.call(opcode, 1, &body)?;
         pool_info_answer(&r)
     }
 

@@ -312,47 +312,16 @@ impl Connection {
                     move |core| async move { pool_answer(core.rpc(0, RpcReq::CreatePool(req)).await) },
                 );
             }
-            Opcode::PoolSetActive => {
-                let req = PoolSetActive::decode(body).map_err(|_| Status::MalformedBody)?;
-                let change = Command::SetPoolActive { pool: req.pool, active: req.active };
-                self.control(opcode, id, move |core| async move {
+            Opcode::PoolSetActive
+            | Opcode::PoolSetRules
+            | Opcode::PoolSetCapacity
+            | Opcode::PoolRename
+            | Opcode::PoolSetDescription => match decode_pool_change(opcode, body)? {
+                Ok(change) => self.control(opcode, id, move |core| async move {
                     pool_answer(core.rpc(0, RpcReq::ChangePool(change)).await)
-                });
-            }
-            Opcode::PoolSetRules => {
-                let req = PoolSetRules::decode(body).map_err(|_| Status::MalformedBody)?;
-                let change = Command::SetPoolRules { pool: req.pool, rules: req.rules };
-                self.control(opcode, id, move |core| async move {
-                    pool_answer(core.rpc(0, RpcReq::ChangePool(change)).await)
-                });
-            }
-            Opcode::PoolSetCapacity => {
-                let req = PoolSetCapacity::decode(body).map_err(|_| Status::MalformedBody)?;
-                let change = Command::ResizePool { pool: req.pool, capacity: req.capacity };
-                self.control(opcode, id, move |core| async move {
-                    pool_answer(core.rpc(0, RpcReq::ChangePool(change)).await)
-                });
-            }
-            Opcode::PoolRename => {
-                let req = PoolRename::decode(body).map_err(|_| Status::MalformedBody)?;
-                let change = Command::RenamePool { pool: req.pool, name: req.name.into() };
-                self.control(opcode, id, move |core| async move {
-                    pool_answer(core.rpc(0, RpcReq::ChangePool(change)).await)
-                });
-            }
-            Opcode::PoolSetDescription => {
-                let req = PoolSetDescription::decode(body).map_err(|_| Status::MalformedBody)?;
-                // Refused here, before core 0 logs the change: a log record has room for a
-                // valid description only.
-                if !crate::shard::pool::valid_pool_description(&req.description) {
-                    self.respond_status(opcode, id, Status::InvalidDescription);
-                    return Ok(());
-                }
-                let change = Command::DescribePool { pool: req.pool, description: req.description.into() };
-                self.control(opcode, id, move |core| async move {
-                    pool_answer(core.rpc(0, RpcReq::ChangePool(change)).await)
-                });
-            }
+                }),
+                Err(refusal) => self.respond_status(opcode, id, refusal),
+            },
             Opcode::UserActivity => {
                 let req = UserActivityRequest::decode(body).map_err(|_| Status::MalformedBody)?;
                 self.control(opcode, id, move |core| async move {
@@ -576,4 +545,37 @@ fn pool_answer(resp: RpcResp) -> Vec<u8> {
         _ => put_prefix(&mut body, Status::InternalError),
     }
     body
+}
+
+/// The pool change a control frame asks core 0 for (`Err` of the outer result: the body is
+/// malformed), or the refusal that is decided here, before anything is logged: a log
+/// record has room for a valid description only.
+fn decode_pool_change(opcode: Opcode, body: &[u8]) -> Result<Result<Command, Status>, Status> {
+    let malformed = |_| Status::MalformedBody;
+    Ok(Ok(match opcode {
+        Opcode::PoolSetActive => {
+            let req = PoolSetActive::decode(body).map_err(malformed)?;
+            Command::SetPoolActive { pool: req.pool, active: req.active }
+        }
+        Opcode::PoolSetRules => {
+            let req = PoolSetRules::decode(body).map_err(malformed)?;
+            Command::SetPoolRules { pool: req.pool, rules: req.rules }
+        }
+        Opcode::PoolSetCapacity => {
+            let req = PoolSetCapacity::decode(body).map_err(malformed)?;
+            Command::ResizePool { pool: req.pool, capacity: req.capacity }
+        }
+        Opcode::PoolRename => {
+            let req = PoolRename::decode(body).map_err(malformed)?;
+            Command::RenamePool { pool: req.pool, name: req.name.into() }
+        }
+        Opcode::PoolSetDescription => {
+            let req = PoolSetDescription::decode(body).map_err(malformed)?;
+            if !crate::shard::pool::valid_pool_description(&req.description) {
+                return Ok(Err(Status::InvalidDescription));
+            }
+            Command::DescribePool { pool: req.pool, description: req.description.into() }
+        }
+        other => unreachable!("{other:?} is not a pool change"),
+    }))
 }

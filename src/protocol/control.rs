@@ -841,19 +841,30 @@ impl PoolRename {
     pub const FIXED_SIZE: usize = 8;
     /// Appends the body.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.pool.to_le_bytes());
-        out.push(self.name.len() as u8);
-        out.extend_from_slice(&[0; 3]);
-        out.extend_from_slice(self.name.as_bytes());
+        encode_pool_text(self.pool, &self.name, out);
     }
     /// Decodes a body. The name's validity is checked by the server (`invalid_pool_name`).
     pub fn decode(b: &[u8]) -> Result<Self, Malformed> {
-        if b.len() < Self::FIXED_SIZE || b[5..8] != [0; 3] || b.len() != Self::FIXED_SIZE + b[4] as usize {
-            return Err(Malformed);
-        }
-        let name = std::str::from_utf8(&b[Self::FIXED_SIZE..]).map_err(|_| Malformed)?;
-        Ok(PoolRename { pool: u32_at(b, 0), name: name.into() })
+        let (pool, name) = decode_pool_text(b)?;
+        Ok(PoolRename { pool, name: name.into() })
     }
+}
+
+/// The body of a pool id and a text (`pool_rename`, `pool_set_description`): pool u32 @0,
+/// text length u8 @4, reserved 3 bytes @5 (zero), then the text.
+fn encode_pool_text(pool: u32, text: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(&pool.to_le_bytes());
+    out.push(text.len() as u8);
+    out.extend_from_slice(&[0; 3]);
+    out.extend_from_slice(text.as_bytes());
+}
+
+/// Decodes [`encode_pool_text`]'s body; the text must be UTF-8.
+fn decode_pool_text(b: &[u8]) -> Result<(u32, &str), Malformed> {
+    if b.len() < 8 || b[5..8] != [0; 3] || b.len() != 8 + b[4] as usize {
+        return Err(Malformed);
+    }
+    Ok((u32_at(b, 0), std::str::from_utf8(&b[8..]).map_err(|_| Malformed)?))
 }
 
 /// Body of `pool_set_description`: pool u32 @0, description_len u8 @4, reserved 3 bytes @5
@@ -871,12 +882,12 @@ impl PoolSetDescription {
     pub const FIXED_SIZE: usize = 8;
     /// Appends the body.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        PoolRename { pool: self.pool, name: self.description.clone() }.encode(out);
+        encode_pool_text(self.pool, &self.description, out);
     }
-    /// Decodes a body.
+    /// Decodes a body. The description's validity is checked by the server.
     pub fn decode(b: &[u8]) -> Result<Self, Malformed> {
-        let same_layout = PoolRename::decode(b)?;
-        Ok(PoolSetDescription { pool: same_layout.pool, description: same_layout.name })
+        let (pool, description) = decode_pool_text(b)?;
+        Ok(PoolSetDescription { pool, description: description.into() })
     }
 }
 

@@ -607,17 +607,11 @@ impl CoreRuntime {
         let info = decided?;
         tracing::info!(pool, capacity, "pool capacity changed");
         let change = Command::ResizePool { pool, capacity };
-        let pending: Vec<_> = (0..self.cores)
-            .filter(|&c| c != home && c != self.core)
-            .map(|c| self.rpc_start(c, RpcReq::ApplyChange(change.clone())))
-            .collect();
         if home != self.core {
-            self.apply(self.now_ms(), change);
+            self.apply(self.now_ms(), change.clone());
             self.catalog_durable().await;
         }
-        for rx in pending {
-            let _ = rx.recv_async().await;
-        }
+        self.broadcast_skipping(home, RpcReq::ApplyChange(change)).await;
         Ok(info)
     }
 
@@ -852,8 +846,13 @@ impl CoreRuntime {
 
     /// Sends a catalog change to every other core and waits until all applied it.
     async fn broadcast(self: &Rc<Self>, req: RpcReq) {
+        self.broadcast_skipping(self.core, req).await
+    }
+
+    /// [`Self::broadcast`] to every other core but `skip` too (one that applied it already).
+    async fn broadcast_skipping(self: &Rc<Self>, skip: u16, req: RpcReq) {
         let pending: Vec<_> =
-            (0..self.cores).filter(|&c| c != self.core).map(|c| self.rpc_start(c, req.clone())).collect();
+            (0..self.cores).filter(|&c| c != self.core && c != skip).map(|c| self.rpc_start(c, req.clone())).collect();
         for rx in pending {
             let _ = rx.recv_async().await;
         }

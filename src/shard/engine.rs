@@ -538,11 +538,8 @@ impl Engine {
         if self.is_home(p) {
             let old = self.pools[p].def.capacity;
             let shard = &mut self.pools[p].shard;
-            if capacity >= old {
-                shard.capacity += capacity - old;
-            } else {
-                shard.capacity -= old - capacity;
-            }
+            // A shrink takes at most the shard's free units (`resize_shortfall` is 0).
+            shard.capacity = shard.capacity + capacity - old;
             shard.share += capacity as i64 - old as i64;
             self.pools[p].def.capacity = capacity;
             self.pump(now_ms.max(self.last_now_ms), p);

@@ -13,7 +13,7 @@ use super::record::{self, Record};
 /// version.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"SCWAL\0\0\x04";
 /// The oldest format version read: version 4 only added record kinds (pool capacity
-/// changes, recalls and renames) to version 3.
+/// changes, recalls, renames and descriptions) to version 3.
 pub const SEGMENT_VERSION_OLDEST: u8 = 3;
 /// Size of the segment header.
 pub const SEGMENT_HEADER_SIZE: usize = 32;

@@ -80,6 +80,7 @@ pub struct LogOptions {
 }
 
 /// The spare segment's state.
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Spare {
     /// None, and none wanted yet.
     Idle,
@@ -102,8 +103,8 @@ pub struct LogWriter {
     buf: RefCell<Vec<u8>>,
     next_lsn: Cell<u64>,
     durable_lsn: Cell<u64>,
-    file: RefCell<Option<Rc<DmaFile>>>,
-    file_path: RefCell<PathBuf>,
+    /// The current segment.
+    file: RefCell<Option<Rc<Segment>>>,
     /// Where the current segment's records end.
     file_len: Cell<u64>,
     /// True if the current segment was a spare (its blocks exist on disk).
@@ -111,7 +112,7 @@ pub struct LogWriter {
     /// The bytes of the current segment's last, partly filled block: the next write
     /// starts with them.
     tail: RefCell<Vec<u8>>,
-    spare: RefCell<Spare>,
+    spare: Cell<Spare>,
     spare_task: RefCell<Option<Waker>>,
     writer: RefCell<Option<Waker>>,
     /// Tasks waiting for the log, with the LSN each waits for.
@@ -141,42 +142,48 @@ impl LogWriter {
             next_lsn: Cell::new(last_lsn + 1),
             durable_lsn: Cell::new(last_lsn),
             file: RefCell::new(None),
-            file_path: RefCell::new(PathBuf::new()),
             file_len: Cell::new(0),
             file_zeroed: Cell::new(false),
             tail: RefCell::new(Vec::with_capacity(BLOCK as usize)),
-            spare: RefCell::new(Spare::Idle),
+            spare: Cell::new(Spare::Idle),
             spare_task: RefCell::new(None),
             writer: RefCell::new(None),
             waiters: RefCell::new(Vec::new()),
             stats: Cell::new(LogStats::default()),
         };
         if mode != Durability::None {
-            match append_at {
-                // A segment of an older format version is left as it is.
-                Some((path, len)) if written_by_this_version(&path)? => writer.reopen(path, len).await?,
-                _ => writer.start_segment(last_lsn + 1).await?,
+            let reopened = match append_at {
+                Some((path, len)) => writer.reopen(path, len).await?,
+                None => false,
+            };
+            if !reopened {
+                writer.start_segment(last_lsn + 1).await?;
             }
         }
         Ok(writer)
     }
 
-    /// Continues the segment `path` whose good records end at `len`.
-    async fn reopen(&self, path: PathBuf, len: u64) -> Result<(), WalError> {
+    /// Continues the segment `path` whose good records end at `len`; false (and nothing
+    /// done) if it has an older format version: it is left as it is.
+    async fn reopen(&self, path: PathBuf, len: u64) -> Result<bool, WalError> {
         use std::os::unix::fs::FileExt;
         let io = |source| WalError::Io { path: path.clone(), source };
         let std_file = std::fs::File::open(&path).map_err(io)?;
+        let mut magic = [0; 8];
+        std_file.read_exact_at(&mut magic, 0).map_err(io)?;
+        if magic != segment::SEGMENT_MAGIC {
+            return Ok(false);
+        }
         let mut tail = vec![0; (len % BLOCK) as usize];
         std_file.read_exact_at(&mut tail, len - len % BLOCK).map_err(io)?;
         // Recovery checked that only zeros follow `len`: a file this long was a spare.
         let zeroed = std_file.metadata().map_err(io)?.len() >= self.segment_size_max;
         let file = open_segment(&path, false).await?;
         *self.tail.borrow_mut() = tail;
-        *self.file.borrow_mut() = Some(Rc::new(file));
-        *self.file_path.borrow_mut() = path;
+        *self.file.borrow_mut() = Some(Rc::new(Segment { file, path }));
         self.file_len.set(len);
         self.file_zeroed.set(zeroed);
-        Ok(())
+        Ok(true)
     }
 
     /// The durability mode.
@@ -274,15 +281,13 @@ impl LogWriter {
     /// segment if this one is full or a spare is ready while this one grows.
     async fn write(&self, batch: &[u8]) -> Result<(), WalError> {
         let full = self.file_len.get() + batch.len() as u64 > self.segment_size_max;
-        let spare_ready = matches!(*self.spare.borrow(), Spare::Ready);
-        if full || (spare_ready && !self.file_zeroed.get()) {
+        if full || (self.spare.get() == Spare::Ready && !self.file_zeroed.get()) {
             let first = u64::from_le_bytes(batch[8..16].try_into().unwrap());
             self.start_segment(first).await?;
         }
-        let file = self.file.borrow().clone().expect("a segment is open");
-        let path = self.file_path.borrow().clone();
+        let segment = self.file.borrow().clone().expect("a segment is open");
         let start = std::time::Instant::now();
-        self.write_blocks(&file, &path, batch).await?;
+        self.write_blocks(&segment.file, &segment.path, batch).await?;
         let mut stats = self.stats.get();
         stats.bytes += batch.len() as u64;
         stats.syncs += 1;
@@ -314,10 +319,7 @@ impl LogWriter {
         };
         let size = buf.len();
         let written = file.write_at(buf, block_start).await.map_err(glommio_io(path))?;
-        if written != size {
-            let reason = format!("the disk took {written} of {size} bytes");
-            return Err(WalError::Io { path: path.into(), source: std::io::Error::other(reason) });
-        }
+        whole_write(path, written, size)?;
         self.file_len.set(end);
         Ok(())
     }
@@ -326,11 +328,11 @@ impl LogWriter {
     /// and makes its header (and its name in the directory) durable.
     async fn start_segment(&self, first_lsn: u64) -> Result<(), WalError> {
         let path = self.dir.join(segment::file_name(first_lsn));
-        let on_spare = matches!(*self.spare.borrow(), Spare::Ready);
+        let on_spare = self.spare.get() == Spare::Ready;
         let file = if on_spare {
             let spare = self.dir.join(SPARE_NAME);
             std::fs::rename(&spare, &path).map_err(|source| WalError::Io { path: spare, source })?;
-            *self.spare.borrow_mut() = Spare::Idle;
+            self.spare.set(Spare::Idle);
             let mut stats = self.stats.get();
             stats.spares_used += 1;
             self.stats.set(stats);
@@ -343,8 +345,7 @@ impl LogWriter {
         self.file_len.set(0);
         self.write_blocks(&file, &path, &header).await?;
         sync_dir(&self.dir)?;
-        *self.file.borrow_mut() = Some(Rc::new(file));
-        *self.file_path.borrow_mut() = path;
+        *self.file.borrow_mut() = Some(Rc::new(Segment { file, path }));
         self.file_zeroed.set(on_spare);
         Ok(())
     }
@@ -352,14 +353,14 @@ impl LogWriter {
     /// True while a spare is being filled (for tests that wait for it).
     #[cfg(test)]
     fn spare_preparing(&self) -> bool {
-        matches!(*self.spare.borrow(), Spare::Preparing)
+        self.spare.get() == Spare::Preparing
     }
 
     /// Asks for a spare once the current segment is far enough along.
     fn want_spare(&self) {
         let threshold = SPARE_AFTER.min(self.segment_size_max / 2);
-        if matches!(*self.spare.borrow(), Spare::Idle) && self.file_len.get() >= threshold {
-            *self.spare.borrow_mut() = Spare::Preparing;
+        if self.spare.get() == Spare::Idle && self.file_len.get() >= threshold {
+            self.spare.set(Spare::Preparing);
             if let Some(w) = self.spare_task.borrow_mut().take() {
                 w.wake();
             }
@@ -371,7 +372,7 @@ impl LogWriter {
     async fn prepare_spares(self: Rc<Self>) {
         loop {
             std::future::poll_fn(|cx| {
-                if matches!(*self.spare.borrow(), Spare::Preparing) {
+                if self.spare.get() == Spare::Preparing {
                     Poll::Ready(())
                 } else {
                     *self.spare_task.borrow_mut() = Some(cx.waker().clone());
@@ -381,11 +382,11 @@ impl LogWriter {
             .await;
             let path = self.dir.join(SPARE_NAME);
             match fill_with_zeros(&path, self.segment_size_max).await {
-                Ok(()) => *self.spare.borrow_mut() = Spare::Ready,
+                Ok(()) => self.spare.set(Spare::Ready),
                 Err(e) => {
                     tracing::warn!(core = self.core, "no spare log segment (segments will grow instead): {e}");
                     let _ = std::fs::remove_file(&path);
-                    *self.spare.borrow_mut() = Spare::Off;
+                    self.spare.set(Spare::Off);
                     return;
                 }
             }
@@ -404,10 +405,7 @@ async fn fill_with_zeros(path: &Path, size: u64) -> Result<(), WalError> {
         let mut zeros = file.alloc_dma_buffer(chunk);
         zeros.as_bytes_mut().fill(0);
         let written = file.write_at(zeros, pos).await.map_err(glommio_io(path))?;
-        if written != chunk {
-            let reason = format!("the disk took {written} of {chunk} bytes");
-            return Err(WalError::Io { path: path.into(), source: std::io::Error::other(reason) });
-        }
+        whole_write(path, written, chunk)?;
         pos += chunk as u64;
     }
     file.fdatasync().await.map_err(glommio_io(path))?;
@@ -415,14 +413,19 @@ async fn fill_with_zeros(path: &Path, size: u64) -> Result<(), WalError> {
     Ok(())
 }
 
-/// True if the segment at `path` has this version's magic.
-fn written_by_this_version(path: &Path) -> Result<bool, WalError> {
-    use std::io::Read;
-    let mut magic = [0; 8];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .map_err(|source| WalError::Io { path: path.into(), source })?;
-    Ok(magic == segment::SEGMENT_MAGIC)
+/// An open segment and its path (for error messages).
+struct Segment {
+    file: DmaFile,
+    path: PathBuf,
+}
+
+/// A short direct write is an error: the disk took fewer bytes than it was given.
+fn whole_write(path: &Path, written: usize, size: usize) -> Result<(), WalError> {
+    if written == size {
+        return Ok(());
+    }
+    let reason = format!("the disk took {written} of {size} bytes");
+    Err(WalError::Io { path: path.into(), source: std::io::Error::other(reason) })
 }
 
 /// Opens (or creates) a segment for direct writes that are durable when they complete.
