@@ -20,6 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
+use crate::admin::json::{activity_json, lookup_json, pool_json, pool_status_json, rules_json, state_name};
 use crate::client::{Client, ClientError};
 use crate::config::Config;
 use crate::protocol::control::{
@@ -95,6 +96,10 @@ pub struct ServeArgs {
     /// Do not pin executors to CPUs.
     #[arg(long)]
     pub no_pin: bool,
+    /// Admin HTTP port address (metrics, JSON API, health), e.g. 127.0.0.1:9400 (port 0:
+    /// OS-chosen; "": off).
+    #[arg(long)]
+    pub admin_listen: Option<String>,
 }
 
 /// Flags shared by client subcommands.
@@ -194,14 +199,6 @@ fn rules_text(r: &PoolRules) -> String {
         parts.push(format!("{}‰ kept for priority {} and up", r.kept_permille, r.priority_min));
     }
     parts.join(", ")
-}
-
-fn rules_json(r: &PoolRules) -> serde_json::Value {
-    json!({
-        "max_per_user": r.max_per_user, "max_qty": r.max_qty, "rate_per_s": r.rate_per_s, "burst": r.burst,
-        "opens_at_ms": r.opens_at_ms, "closes_at_ms": r.closes_at_ms, "track_users": r.tracks_users(),
-        "kept_permille": r.kept_permille, "priority_min": r.priority_min,
-    })
 }
 
 /// `user` subcommands.
@@ -477,6 +474,12 @@ pub fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if args.no_pin {
         config.server.pin_cores = false;
     }
+    if let Some(listen) = &args.admin_listen {
+        config.admin.listen = listen.clone();
+    }
+    if let Ok(token) = std::env::var("SHARDCAP_ADMIN_TOKEN") {
+        config.admin.token = token;
+    }
     config.validate()?;
     Ok(config)
 }
@@ -535,14 +538,7 @@ pub fn run_client(command: Command) -> Result<(), Failure> {
             let status = Status::from_u8(r.status).unwrap_or(Status::InternalError);
             let state = ReservationState::from_u8(r.state).unwrap_or(ReservationState::None);
             if args.client.json {
-                println!(
-                    "{}",
-                    json!({
-                        "status": status.name(), "id": format_id(id), "state": state.name(), "pool": r.pool,
-                        "qty": r.qty, "user": format_id(r.user), "expires_at_ms": r.expires_at_ms,
-                        "commit_ref": format_id(r.commit_ref),
-                    })
-                );
+                println!("{}", lookup_json(id, &r));
             } else if status == Status::Ok {
                 let time = if state == ReservationState::Held {
                     format!("expires in {} s", seconds_until(r.expires_at_ms))
@@ -648,14 +644,7 @@ fn user_activity(
     let name = |id: u32| names.get(&id).cloned().unwrap_or_else(|| id.to_string());
     if client.json {
         for a in &list {
-            println!(
-                "{}",
-                json!({"user": user, "pool": name(a.pool), "pool_id": a.pool, "held": a.held, "confirmed": a.confirmed,
-                       "pending": a.pending, "released": a.released, "expired": a.expired,
-                       "last_activity_ms": a.last_activity_ms, "attempts_left": a.attempts_left_milli as f64 / 1000.0,
-                       "recent": a.events.iter().map(|e| json!({"id": format_id(e.id), "at_ms": e.at_ms, "qty": e.qty,
-                           "state": state_name(e.state)})).collect::<Vec<_>>()})
-            );
+            println!("{}", activity_json(user, &name(a.pool), a));
         }
     } else if list.is_empty() {
         println!("no activity kept for {user}");
@@ -683,10 +672,6 @@ fn user_activity(
         }
     }
     Ok(())
-}
-
-fn state_name(state: u8) -> &'static str {
-    ReservationState::from_u8(state).map_or("unknown", |s| s.name())
 }
 
 fn resolve_pool(c: &mut Client, pool: &str) -> Result<PoolInfo, Failure> {
@@ -723,15 +708,6 @@ fn reserve(args: ReserveArgs) -> Result<(), Failure> {
             format_id(id),
             seconds_until(r.expires_at_ms)
         )
-    })
-}
-
-fn pool_json(info: &PoolInfo) -> serde_json::Value {
-    json!({
-        "id": info.id, "name": info.name, "kind": PoolKind::from_u8(info.kind).map_or("unknown", |k| k.name()),
-        "active": info.active, "capacity": info.capacity, "hold_ttl_ms_default": info.hold_ttl_ms_default,
-        "hold_ttl_ms_max": info.hold_ttl_ms_max, "home_core": info.home_core, "rules": rules_json(&info.rules),
-        "description": info.description,
     })
 }
 
@@ -829,21 +805,9 @@ fn pool_command(cmd: PoolCommand) -> Result<(), Failure> {
                 .pool_status(&PoolRef { id: info.id, name: String::new() })?
                 .map_err(|s| Failure { code: 1, message: format!("pool '{pool}': {s}") })?;
             if client.json {
-                let shards: Vec<_> = status
-                    .shards
-                    .iter()
-                    .map(|s| {
-                        json!({"core": s.core, "capacity": s.capacity, "held": s.held, "confirmed": s.confirmed,
-                               "available": s.available(), "parked": s.parked, "lent": s.lent, "borrowed": s.borrowed,
-                               "home": s.flags & SHARD_FLAG_HOME != 0, "drained": s.flags & SHARD_FLAG_DRAINED != 0})
-                    })
-                    .collect();
-                println!(
-                    "{}",
-                    json!({"status": "ok", "pool": pool_json(&status.info), "held": status.held(),
-                           "confirmed": status.confirmed(), "available": status.available(),
-                           "in_flight": status.in_flight() as i64, "shards": shards})
-                );
+                let mut object = pool_status_json(&status);
+                object["status"] = json!("ok");
+                println!("{object}");
             } else {
                 print_status(&status);
             }

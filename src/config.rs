@@ -31,9 +31,50 @@ pub struct Config {
     /// The write-ahead log and snapshots.
     #[serde(default)]
     pub durability: DurabilityConfig,
+    /// The admin HTTP port: metrics, the JSON API, health.
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// Pools declared at startup (created in this order, ids from 1).
     #[serde(default, rename = "pool")]
     pub pools: Vec<PoolConfig>,
+}
+
+/// The admin HTTP port: Prometheus metrics at `/metrics`, the JSON API under `/v1/`,
+/// `/healthz` and `/readyz` (docs/OBSERVABILITY.md).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin port; port 0 lets the OS choose; an empty string turns the port
+    /// off. Keep it on loopback or a private network. Default `127.0.0.1:9400`.
+    pub listen: String,
+    /// The bearer token that requests which change something must send
+    /// (`Authorization: Bearer <token>`); empty: such requests are refused. The
+    /// `SHARDCAP_ADMIN_TOKEN` environment variable overrides it. Default empty.
+    pub token: String,
+    /// Pools whose capacity, held, confirmed and available units are exported as metrics
+    /// (by name). Empty: the first `metrics_pools_max` pools by id. Default empty.
+    pub metrics_pools: Vec<String>,
+    /// Most pools exported as metrics, so that label cardinality stays bounded however many
+    /// pools exist (at most 10000). Default `64`.
+    pub metrics_pools_max: u32,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: "127.0.0.1:9400".into(),
+            token: String::new(),
+            metrics_pools: Vec::new(),
+            metrics_pools_max: 64,
+        }
+    }
+}
+
+impl AdminConfig {
+    /// The admin port's address, or `None` when it is off.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        if self.listen.is_empty() { None } else { self.listen.parse().ok() }
+    }
 }
 
 /// Listening, cores and placement.
@@ -333,6 +374,23 @@ impl Config {
             format!("server.listen: '{}' is not an address like 127.0.0.1:7400", s.listen),
         );
         check(s.cores <= 1024, format!("server.cores: {} is above 1024", s.cores));
+        let a = &self.admin;
+        check(
+            a.listen.is_empty() || a.listen.parse::<SocketAddr>().is_ok(),
+            format!("admin.listen: '{}' is not an address like 127.0.0.1:9400 (or \"\" for none)", a.listen),
+        );
+        check(
+            a.metrics_pools_max <= 10_000,
+            format!("admin.metrics_pools_max: {} is above 10000", a.metrics_pools_max),
+        );
+        check(
+            a.metrics_pools.len() <= a.metrics_pools_max as usize,
+            format!(
+                "admin.metrics_pools: {} pools named, more than admin.metrics_pools_max ({})",
+                a.metrics_pools.len(),
+                a.metrics_pools_max
+            ),
+        );
         let cores = self.core_count() as u32;
         check(
             !s.core_ports || s.core_port_base == 0 || s.core_port_base as u32 + cores - 1 <= u16::MAX as u32,

@@ -15,7 +15,11 @@
 //! - [`client`]: a blocking client with pipelining, over [`protocol`].
 //! - `wal` (feature `server`): each core's write-ahead log, snapshots and recovery.
 //! - [`config`] (feature `server`): the TOML configuration with every limit and its unit.
+//! - `admin` (feature `server`): Prometheus metrics from core-local counts, and the admin
+//!   HTTP port (metrics, health, the JSON API) on a thread of its own.
 
+#[cfg(feature = "server")]
+pub mod admin;
 pub mod client;
 pub mod protocol;
 pub mod shard;

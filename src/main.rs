@@ -59,13 +59,21 @@ fn serve(args: &shardcap::cli::ServeArgs) -> anyhow::Result<()> {
         data_dir = %config.server.data_dir.display(),
         holds_max_per_core = config.limits.holds_max_per_core,
         pools = ?pools,
+        admin = %config.admin.listen,
+        admin_token = if config.admin.token.is_empty() { "none (changes refused)" } else { "set" },
         "starting"
     );
     shardcap::runtime::run(config, |ready| {
         let ports: Vec<String> = ready.core_ports.iter().map(u16::to_string).collect();
-        tracing::info!(listen = %ready.listen, cores = ready.cores, core_ports = ?ready.core_ports, "ready");
+        let admin = ready.admin.map_or_else(|| "off".to_string(), |a| a.to_string());
+        tracing::info!(listen = %ready.listen, cores = ready.cores, core_ports = ?ready.core_ports, %admin, "ready");
         // One line on stdout that scripts and tests can wait for.
-        println!("shardcap ready: listen={} cores={} core_ports={}", ready.listen, ready.cores, ports.join(","));
+        println!(
+            "shardcap ready: listen={} cores={} core_ports={} admin={admin}",
+            ready.listen,
+            ready.cores,
+            ports.join(",")
+        );
         let _ = std::io::stdout().flush();
     })?;
     Ok(())

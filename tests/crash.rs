@@ -761,7 +761,7 @@ static NEXT_CONFIG: AtomicU32 = AtomicU32::new(0);
 fn start_refused(cores: u16, extra: &str, dir: &Path) -> (ExitStatus, String) {
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\ncore_port_base = 0\ncores = {cores}\npin_cores = false\nlog_level = \"warn\"\n\
-         data_dir = {:?}\n[limits]\nholds_max_per_core = 100000\n{extra}\n",
+         data_dir = {:?}\n[limits]\nholds_max_per_core = 100000\n[admin]\nlisten = \"127.0.0.1:0\"\n{extra}\n",
         dir.display().to_string()
     );
     let n = NEXT_CONFIG.fetch_add(1, Ordering::Relaxed);

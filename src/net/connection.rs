@@ -18,13 +18,15 @@ use std::future::poll_fn;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
+use std::time::Instant;
 
 use futures_lite::{AsyncRead, AsyncWriteExt};
 use glommio::net::TcpStream;
 
+use crate::admin::metrics::{BusyReason, Closed, OpKind};
 use crate::protocol::control::{
-    self, PoolCreate, PoolListRequest, PoolRef, PoolRename, PoolSetActive, PoolSetCapacity, PoolSetDescription,
-    PoolSetRules, PoolStatus, ShardStatus, UserActivity, UserActivityRequest, put_prefix,
+    self, PoolCreate, PoolInfo, PoolListRequest, PoolRef, PoolRename, PoolSetActive, PoolSetCapacity,
+    PoolSetDescription, PoolSetRules, UserActivity, UserActivityRequest, put_prefix,
 };
 use crate::protocol::ops::ReservedNotZero;
 use crate::protocol::{
@@ -47,6 +49,16 @@ struct PendingFrame {
     record_size: usize,
     /// Results still missing.
     remaining: u32,
+    /// For a frame of reserves or confirms: which, when its read started, and how many.
+    timed: Option<Timed>,
+}
+
+/// Reserve or confirm answers whose server-side latency is recorded when they are written.
+#[derive(Clone, Copy)]
+struct Timed {
+    op: OpKind,
+    since: Instant,
+    count: u32,
 }
 
 enum Wake {
@@ -60,6 +72,7 @@ enum Wake {
 pub async fn serve(core: Rc<CoreRuntime>, mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let Some((id, shared)) = core.open_connection() else {
+        core.metrics.count_busy(BusyReason::Connections, 1);
         let mut out = Vec::new();
         let mut h = Header::response(Opcode::Error as u8, 0, Status::Busy, 0, 0);
         h.retry_after_ms = core.config.limits.busy_retry_after_ms;
@@ -92,8 +105,11 @@ pub async fn serve(core: Rc<CoreRuntime>, mut stream: TcpStream) {
         eof: false,
         closing: false,
         held_back: false,
+        read_at: Instant::now(),
+        timed: Vec::new(),
     };
-    conn.run(&mut stream).await;
+    let how = conn.run(&mut stream).await;
+    core.metrics.count_closed(how);
     let _ = stream.close().await;
     core.close_connection(id);
 }
@@ -116,6 +132,10 @@ struct Connection {
     closing: bool,
     /// The previous turn held its answers back for forwarded ones.
     held_back: bool,
+    /// When the last read returned.
+    read_at: Instant,
+    /// Reserve and confirm answers in `out`, timed when written.
+    timed: Vec<Timed>,
 }
 
 impl Connection {
@@ -123,10 +143,12 @@ impl Connection {
         (self.pending.len() - self.free.len()) as u32
     }
 
-    async fn run(&mut self, stream: &mut TcpStream) {
+    /// Serves until the client closes the connection (or breaks the protocol, or a read or
+    /// write fails).
+    async fn run(&mut self, stream: &mut TcpStream) -> Closed {
         loop {
             if self.eof && self.inflight() == 0 {
-                return;
+                return Closed::Client;
             }
             let wake = {
                 let shared = &self.shared;
@@ -152,11 +174,12 @@ impl Connection {
             match wake {
                 Wake::Data(n) => {
                     self.end += n;
+                    self.read_at = Instant::now();
                     self.process_input();
                 }
                 Wake::Eof => self.eof = true,
                 Wake::Events => {}
-                Wake::Failed => return,
+                Wake::Failed => return Closed::Error,
             }
             let forwarded = self.send_forwards();
             self.core.flush_engine();
@@ -170,14 +193,28 @@ impl Connection {
                 // In sync mode nothing is answered before the log holds it (group commit:
                 // this waits for the one durable write that covers everything applied so far).
                 self.core.answers_durable().await;
+                self.record_latencies();
                 if stream.write_all(&self.out).await.is_err() {
-                    return;
+                    return Closed::Error;
                 }
                 self.out.clear();
             }
             if self.closing {
-                return;
+                return Closed::Error;
             }
+        }
+    }
+
+    /// Records the latency of the reserve and confirm answers about to be written (one clock
+    /// read): they are ready, and durable in `sync` mode.
+    fn record_latencies(&mut self) {
+        if self.timed.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        for t in self.timed.drain(..) {
+            let seconds = now.saturating_duration_since(t.since).as_secs_f64();
+            self.core.metrics.observe_latency(t.op, seconds, t.count);
         }
     }
 
@@ -233,6 +270,7 @@ impl Connection {
         let opcode = header.opcode().expect("checked by the parser");
         let id = header.request_id;
         if self.inflight() >= self.inflight_max && !matches!(opcode, Opcode::Hello | Opcode::Ping) {
+            self.core.metrics.count_busy(BusyReason::Inflight, header.op_count.max(1) as u64);
             let mut h = Header::response(opcode as u8, id, Status::Busy, 0, 0);
             h.retry_after_ms = self.core.config.limits.busy_retry_after_ms;
             h.append_to(&mut self.out);
@@ -277,26 +315,7 @@ impl Connection {
                 match self.core.pool_info(pool_ref.id, &pool_ref.name) {
                     None => self.respond_status(opcode, id, Status::PoolNotFound),
                     Some(info) => self.control(opcode, id, move |core| async move {
-                        let gathered: Vec<(ShardStatus, u64)> = core
-                            .gather(RpcReq::ShardStatus { pool: info.id })
-                            .await
-                            .into_iter()
-                            .enumerate()
-                            .map(|(core, r)| match r {
-                                RpcResp::Shard(Some((s, capacity))) => (s, capacity),
-                                // A core that has not applied the pool's creation yet.
-                                _ => (ShardStatus { core: core as u16, ..ShardStatus::default() }, info.capacity),
-                            })
-                            .collect();
-                        // The capacity as the pool's home core has it: that core decides
-                        // changes and is the only one whose shard they change.
-                        let capacity = gathered.get(info.home_core as usize).map_or(info.capacity, |g| g.1);
-                        let info = control::PoolInfo { capacity, ..info };
-                        let shards = gathered.into_iter().map(|(s, _)| s).collect();
-                        let status = PoolStatus { info, shards };
-                        if !status.conserved() {
-                            tracing::error!(pool = status.info.id, "capacity not conserved: {status:?}");
-                        }
+                        let status = core.pool_status(info).await;
                         let mut body = Vec::new();
                         put_prefix(&mut body, Status::Ok);
                         status.encode(&mut body);
@@ -306,37 +325,28 @@ impl Connection {
             }
             Opcode::PoolCreate => {
                 let req = PoolCreate::decode(body).map_err(|_| Status::MalformedBody)?;
-                self.control(
-                    opcode,
-                    id,
-                    move |core| async move { pool_answer(core.rpc(0, RpcReq::CreatePool(req)).await) },
-                );
+                self.control(opcode, id, move |core| async move { pool_answer(core.create_pool(req).await) });
             }
             Opcode::PoolSetActive
             | Opcode::PoolSetRules
             | Opcode::PoolSetCapacity
             | Opcode::PoolRename
             | Opcode::PoolSetDescription => match decode_pool_change(opcode, body)? {
-                Ok(change) => self.control(opcode, id, move |core| async move {
-                    pool_answer(core.rpc(0, RpcReq::ChangePool(change)).await)
-                }),
+                Ok(change) => {
+                    self.control(opcode, id, move |core| async move { pool_answer(core.change_pool(change).await) })
+                }
                 Err(refusal) => self.respond_status(opcode, id, refusal),
             },
             Opcode::UserActivity => {
                 let req = UserActivityRequest::decode(body).map_err(|_| Status::MalformedBody)?;
                 self.control(opcode, id, move |core| async move {
                     let mut body = Vec::new();
-                    if req.user == 0 {
-                        put_prefix(&mut body, Status::InvalidUser);
-                        return body;
-                    }
-                    let home = crate::protocol::home_core(req.user, core.cores);
-                    match core.rpc(home, RpcReq::UserActivity(req)).await {
-                        RpcResp::Activity(list) => {
+                    match core.user_activity(req).await {
+                        Ok(list) => {
                             put_prefix(&mut body, Status::Ok);
                             UserActivity::encode_list(&list, &mut body);
                         }
-                        _ => put_prefix(&mut body, Status::InternalError),
+                        Err(status) => put_prefix(&mut body, status),
                     }
                     body
                 });
@@ -375,7 +385,7 @@ impl Connection {
         F: FnOnce(Rc<CoreRuntime>) -> Fut + 'static,
         Fut: std::future::Future<Output = Vec<u8>> + 'static,
     {
-        let slot = self.alloc_pending(PendingFrame { bytes: Vec::new(), record_size: 0, remaining: 1 });
+        let slot = self.alloc_pending(PendingFrame { bytes: Vec::new(), record_size: 0, remaining: 1, timed: None });
         let core = self.core.clone();
         let conn = self.id;
         glommio::spawn_local(async move {
@@ -404,6 +414,7 @@ impl Connection {
     fn finish_pending(&mut self, slot: u32) {
         let frame = self.pending[slot as usize].take().expect("pending frame");
         self.out.extend_from_slice(&frame.bytes);
+        self.timed.extend(frame.timed);
         self.free.push(slot);
     }
 
@@ -423,6 +434,7 @@ impl Connection {
         if body.chunks_exact(in_size).any(|rec| decode(rec).is_err()) {
             return Err(Status::ReservedNotZero);
         }
+        self.core.metrics.batch_operations.observe(count as f64);
         let base = self.out.len();
         let body_len = count * out_size;
         Header::response(opcode as u8, header.request_id, Status::Ok, count as u16, body_len as u32)
@@ -462,13 +474,24 @@ impl Connection {
                 self.forwards[home as usize].push((at, op));
                 waiting += 1;
             } else {
+                self.core.metrics.count_busy(BusyReason::Forwards, 1);
                 busy_output(opcode).encode(&mut self.out[at_offset..at_offset + out_size]);
             }
         }
-        if let Some(slot) = slot {
-            let bytes = self.out[base..].to_vec();
-            self.out.truncate(base);
-            self.pending[slot as usize] = Some(PendingFrame { bytes, record_size: out_size, remaining: waiting });
+        let timed = match opcode {
+            Opcode::Reserve => Some(OpKind::Reserve),
+            Opcode::Confirm => Some(OpKind::Confirm),
+            _ => None,
+        }
+        .map(|op| Timed { op, since: self.read_at, count: count as u32 });
+        match slot {
+            Some(slot) => {
+                let bytes = self.out[base..].to_vec();
+                self.out.truncate(base);
+                self.pending[slot as usize] =
+                    Some(PendingFrame { bytes, record_size: out_size, remaining: waiting, timed });
+            }
+            None => self.timed.extend(timed),
         }
         Ok(())
     }
@@ -479,7 +502,8 @@ impl Connection {
         let frame = match *slot {
             Some(frame) => frame,
             None => {
-                let frame = self.alloc_pending(PendingFrame { bytes: Vec::new(), record_size: 0, remaining: 0 });
+                let frame =
+                    self.alloc_pending(PendingFrame { bytes: Vec::new(), record_size: 0, remaining: 0, timed: None });
                 *slot = Some(frame);
                 frame
             }
@@ -534,15 +558,14 @@ fn busy_output(opcode: Opcode) -> OpOutput {
     }
 }
 
-fn pool_answer(resp: RpcResp) -> Vec<u8> {
+fn pool_answer(result: Result<PoolInfo, Status>) -> Vec<u8> {
     let mut body = Vec::new();
-    match resp {
-        RpcResp::Pool(Ok(info)) => {
+    match result {
+        Ok(info) => {
             put_prefix(&mut body, Status::Ok);
             info.encode(&mut body);
         }
-        RpcResp::Pool(Err(status)) => put_prefix(&mut body, status),
-        _ => put_prefix(&mut body, Status::InternalError),
+        Err(status) => put_prefix(&mut body, status),
     }
     body
 }

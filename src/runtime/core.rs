@@ -10,9 +10,13 @@ use std::time::Duration;
 
 use super::clock::Clock;
 use super::mesh::{FrameRef, MeshMsg, MeshOut, Op, OpOutput, RpcReq, RpcResp};
+use crate::admin::metrics::{CoreMetrics, CoreTotals, OpKind};
+use crate::admin::{ControlReq, ControlResp, CoreMsg, CoreReport, PoolChange, PoolKey, PoolReport, PoolSelection};
 use crate::config::Config;
 use crate::protocol::control::Hello;
-use crate::protocol::control::{CoreStats, PoolInfo, USER_HASH_XXH3_JUMP};
+use crate::protocol::control::{
+    CoreStats, PoolCreate, PoolInfo, PoolStatus, ShardStatus, USER_HASH_XXH3_JUMP, UserActivity, UserActivityRequest,
+};
 use crate::protocol::{LookupOp, LookupResult, OpResult, Status, VERSION, home_core};
 use crate::shard::cluster::merge_lookups;
 use crate::shard::{BankMode, Command, Completion, Engine, Envelope, Outcome, PoolDef, Reply};
@@ -123,6 +127,8 @@ pub struct CoreRuntime {
     next_token: Cell<u64>,
     /// Counters.
     pub counters: Counters,
+    /// The counts scrapes collect.
+    pub metrics: Rc<CoreMetrics>,
     envelopes: RefCell<Vec<Envelope>>,
     completions: RefCell<Vec<Completion>>,
     /// Core 0: one catalog change at a time, so that every core applies them in one order.
@@ -134,17 +140,23 @@ const RESIZE_RECALL_WAIT: Duration = Duration::from_secs(5);
 /// Recalls a capacity change starts at most.
 const RESIZE_RECALLS_MAX: u32 = 3;
 
+/// What a core's runtime works through: the channels to the other cores, its log, its
+/// listeners and its metrics.
+pub struct CoreIo {
+    /// The channels to the other cores.
+    pub mesh: Rc<MeshOut>,
+    /// The core's write-ahead log.
+    pub log: Rc<LogWriter>,
+    /// The listeners it will serve.
+    pub listeners: Vec<glommio::net::TcpListener>,
+    /// The counts scrapes collect.
+    pub metrics: Rc<CoreMetrics>,
+}
+
 impl CoreRuntime {
-    /// A core's runtime around its state machine, sending to other cores through `mesh`.
-    pub fn new(
-        config: Config,
-        topology: Topology,
-        clock: Box<dyn Clock>,
-        engine: Engine,
-        mesh: Rc<MeshOut>,
-        log: Rc<LogWriter>,
-        listeners: Vec<glommio::net::TcpListener>,
-    ) -> Self {
+    /// A core's runtime around its state machine.
+    pub fn new(config: Config, topology: Topology, clock: Box<dyn Clock>, engine: Engine, io: CoreIo) -> Self {
+        let CoreIo { mesh, log, listeners, metrics } = io;
         let cores = config.core_count();
         let core = engine.config().core;
         CoreRuntime {
@@ -165,6 +177,7 @@ impl CoreRuntime {
             rpc_waiting: RefCell::new(HashMap::new()),
             next_token: Cell::new(1),
             counters: Counters::default(),
+            metrics,
             envelopes: RefCell::new(Vec::new()),
             completions: RefCell::new(Vec::new()),
             catalog_lock: glommio::sync::Semaphore::new(1),
@@ -219,6 +232,7 @@ impl CoreRuntime {
         let shared = Rc::new(ConnShared::default());
         self.conns.borrow_mut().insert(id, shared.clone());
         bump(&self.counters.connections_open, 1);
+        self.metrics.count_opened();
         Some((id, shared))
     }
 
@@ -259,15 +273,22 @@ impl CoreRuntime {
 
     /// Applies one operation; `Err(ticket)` when a reserve is parked.
     fn apply_op(&self, now_ms: u64, op: Op) -> Result<OpOutput, u64> {
-        let command = match op {
-            Op::Reserve(op) => Command::Reserve(op),
-            Op::Confirm(op) => Command::Confirm(op),
-            Op::Release(op) => Command::Release(op),
-            Op::Extend(op) => Command::Extend(op),
-            Op::Lookup(op) => return Ok(OpOutput::Lookup(self.engine.borrow().lookup(now_ms, &op))),
+        let (kind, command) = match op {
+            Op::Reserve(op) => (OpKind::Reserve, Command::Reserve(op)),
+            Op::Confirm(op) => (OpKind::Confirm, Command::Confirm(op)),
+            Op::Release(op) => (OpKind::Release, Command::Release(op)),
+            Op::Extend(op) => (OpKind::Extend, Command::Extend(op)),
+            Op::Lookup(op) => {
+                let result = self.engine.borrow().lookup(now_ms, &op);
+                self.metrics.count_op(OpKind::Lookup, result.status);
+                return Ok(OpOutput::Lookup(result));
+            }
         };
         match self.apply(now_ms, command) {
-            Outcome::Reserve(Reply::Done(r)) | Outcome::Op(r) => Ok(OpOutput::Op(r)),
+            Outcome::Reserve(Reply::Done(r)) | Outcome::Op(r) => {
+                self.metrics.count_op(kind, r.status);
+                Ok(OpOutput::Op(r))
+            }
             Outcome::Reserve(Reply::Parked(ticket)) => Err(ticket),
             other => unreachable!("client operation answered {other:?}"),
         }
@@ -378,6 +399,7 @@ impl CoreRuntime {
         }
         let mut remote: Vec<(u16, FrameRef, OpOutput)> = Vec::new();
         for c in completions.drain(..) {
+            self.metrics.count_op(OpKind::Reserve, c.result.status);
             let Some(dest) = self.tickets.borrow_mut().remove(&c.ticket) else { continue };
             match dest {
                 Dest::Local(at) => self.deliver_op(at, OpOutput::Op(c.result)),
@@ -490,10 +512,189 @@ impl CoreRuntime {
     /// A lookup without a user: every core is asked.
     pub async fn lookup_everywhere(self: &Rc<Self>, op: LookupOp) -> LookupResult {
         let answers = self.gather(RpcReq::Lookup(op)).await;
-        merge_lookups(answers.into_iter().map(|a| match a {
+        let result = merge_lookups(answers.into_iter().map(|a| match a {
             RpcResp::Lookup(r) => r,
             _ => LookupResult::status(Status::InternalError),
-        }))
+        }));
+        self.metrics.count_op(OpKind::Lookup, result.status);
+        result
+    }
+
+    /// A pool's status: its definition and every core's shard of it. A pool whose units
+    /// are not conserved is logged as an error and counted as an oversell.
+    pub async fn pool_status(self: &Rc<Self>, info: PoolInfo) -> PoolStatus {
+        let gathered: Vec<(ShardStatus, u64)> = self
+            .gather(RpcReq::ShardStatus { pool: info.id })
+            .await
+            .into_iter()
+            .enumerate()
+            .map(|(core, r)| match r {
+                RpcResp::Shard(Some((s, capacity))) => (s, capacity),
+                // A core that has not applied the pool's creation yet.
+                _ => (ShardStatus { core: core as u16, ..ShardStatus::default() }, info.capacity),
+            })
+            .collect();
+        // The capacity as the pool's home core has it: that core decides changes and is the
+        // only one whose shard they change.
+        let capacity = gathered.get(info.home_core as usize).map_or(info.capacity, |g| g.1);
+        let info = PoolInfo { capacity, ..info };
+        let shards = gathered.into_iter().map(|(s, _)| s).collect();
+        let status = PoolStatus { info, shards };
+        if !status.conserved() {
+            tracing::error!(pool = status.info.id, "capacity not conserved: {status:?}");
+            self.metrics.count_oversell();
+        }
+        status
+    }
+
+    /// Asks core 0 to create a pool.
+    pub async fn create_pool(self: &Rc<Self>, req: PoolCreate) -> Result<PoolInfo, Status> {
+        pool_result(self.rpc(0, RpcReq::CreatePool(req)).await)
+    }
+
+    /// Asks core 0 to change a pool (a [`Command`] of [`RpcReq::ChangePool`]).
+    pub async fn change_pool(self: &Rc<Self>, change: Command) -> Result<PoolInfo, Status> {
+        pool_result(self.rpc(0, RpcReq::ChangePool(change)).await)
+    }
+
+    /// A user's activity, from the user's home core.
+    pub async fn user_activity(self: &Rc<Self>, req: UserActivityRequest) -> Result<Vec<UserActivity>, Status> {
+        if req.user == 0 {
+            return Err(Status::InvalidUser);
+        }
+        match self.rpc(home_core(req.user, self.cores), RpcReq::UserActivity(req)).await {
+            RpcResp::Activity(list) => Ok(list),
+            _ => Err(Status::InternalError),
+        }
+    }
+
+    /// Handles a request of the admin thread.
+    pub fn on_admin(self: &Rc<Self>, msg: CoreMsg) {
+        match msg {
+            CoreMsg::Flush { pools, reply } => {
+                let _ = reply.send(self.flush_metrics(&pools));
+            }
+            CoreMsg::Control { req, reply } => {
+                let this = self.clone();
+                glommio::spawn_local(async move {
+                    let _ = reply.send(this.admin_control(req).await);
+                })
+                .detach();
+            }
+        }
+    }
+
+    /// Checks the invariants of every shard of this core (an oversell is logged and
+    /// counted), flushes the core's counts into the registry, and reports the selected pools.
+    fn flush_metrics(&self, selection: &PoolSelection) -> CoreReport {
+        let engine = self.engine.borrow();
+        if let Some(broken) = engine.broken_invariant() {
+            tracing::error!(core = self.core, "invariant check failed: {broken}");
+            self.metrics.count_oversell();
+        }
+        let stats = engine.stats();
+        let (lent, borrowed) = engine.units_moved();
+        self.metrics.flush(&CoreTotals {
+            frames: self.counters.frames.get(),
+            forwarded_out: self.counters.forwarded_out.get(),
+            forwarded_in: self.counters.forwarded_in.get(),
+            borrow_messages: stats.borrow_messages,
+            borrowed_units: borrowed,
+            lent_units: lent,
+            expirations: stats.expirations,
+            log_bytes: self.log.stats().bytes,
+            connections_open: self.counters.connections_open.get(),
+            holds_active: engine.held_count(),
+            reservation_records: engine.holds_len() as u64,
+        });
+        let ids: Vec<u32> = match selection {
+            PoolSelection::Named(names) => names.iter().filter_map(|n| engine.pool_id(n)).collect(),
+            PoolSelection::First(n) => (1..=engine.pool_count().min(*n)).collect(),
+        };
+        let pools = ids
+            .into_iter()
+            .filter_map(|id| {
+                let info = engine.pool_info(id)?;
+                let shard = engine.shard_snapshot(id)?;
+                Some(PoolReport {
+                    id,
+                    home: info.home_core == self.core,
+                    name: info.name,
+                    capacity: info.capacity,
+                    held: shard.held,
+                    confirmed: shard.confirmed,
+                })
+            })
+            .collect();
+        CoreReport { core: self.core, pool_count: engine.pool_count(), pools }
+    }
+
+    /// The pool a request path names: a positive number is an id, anything else a name.
+    fn resolve_pool(&self, key: &PoolKey) -> Option<PoolInfo> {
+        match key.0.parse::<u32>() {
+            Ok(id) if id > 0 => self.pool_info(id, ""),
+            _ => self.pool_info(0, &key.0),
+        }
+    }
+
+    async fn admin_control(self: &Rc<Self>, req: ControlReq) -> ControlResp {
+        match req {
+            ControlReq::ListPools { start_after, limit } => {
+                let (infos, more) = self.pool_page(start_after, limit);
+                ControlResp::Pools(infos, more)
+            }
+            ControlReq::PoolStatus(key) => ControlResp::Status(match self.resolve_pool(&key) {
+                Some(info) => Ok(self.pool_status(info).await),
+                None => Err(Status::PoolNotFound),
+            }),
+            ControlReq::CreatePool(req) => ControlResp::Pool(self.create_pool(req).await.map_err(|s| (s, 0))),
+            ControlReq::ChangePool(key, changes) => {
+                let Some(mut info) = self.resolve_pool(&key) else {
+                    return ControlResp::Pool(Err((Status::PoolNotFound, 0)));
+                };
+                for (done, change) in changes.into_iter().enumerate() {
+                    let pool = info.id;
+                    let command = match change {
+                        PoolChange::Active(active) => Command::SetPoolActive { pool, active },
+                        PoolChange::Rules(rules) => Command::SetPoolRules { pool, rules },
+                        PoolChange::Capacity(capacity) => Command::ResizePool { pool, capacity },
+                        PoolChange::Rename(name) => Command::RenamePool { pool, name: name.into() },
+                        PoolChange::Describe(text) => {
+                            // Refused before anything is logged, as the binary protocol does.
+                            if !crate::shard::pool::valid_pool_description(&text) {
+                                return ControlResp::Pool(Err((Status::InvalidDescription, done)));
+                            }
+                            Command::DescribePool { pool, description: text.into() }
+                        }
+                    };
+                    match self.change_pool(command).await {
+                        Ok(changed) => info = changed,
+                        Err(status) => return ControlResp::Pool(Err((status, done))),
+                    }
+                }
+                ControlResp::Pool(Ok(info))
+            }
+            ControlReq::Lookup(op) => ControlResp::Lookup(if op.user == 0 {
+                self.lookup_everywhere(op).await
+            } else {
+                match self.rpc(home_core(op.user, self.cores), RpcReq::Lookup(op)).await {
+                    RpcResp::Lookup(r) => r,
+                    _ => LookupResult::status(Status::InternalError),
+                }
+            }),
+            ControlReq::UserActivity { user, pool, recent } => {
+                let pool = match pool.map(|key| self.resolve_pool(&key)) {
+                    None => 0,
+                    Some(Some(info)) => info.id,
+                    Some(None) => return ControlResp::Activity(Err(Status::PoolNotFound)),
+                };
+                let req = UserActivityRequest { user, pool, state: 0, recent };
+                ControlResp::Activity(self.user_activity(req).await.map(|list| {
+                    let name = |id| self.pool_info(id, "").map_or_else(|| id.to_string(), |info| info.name);
+                    list.into_iter().map(|a| (name(a.pool), a)).collect()
+                }))
+            }
+        }
     }
 
     async fn handle_rpc(self: &Rc<Self>, req: RpcReq) -> RpcResp {
@@ -897,5 +1098,13 @@ impl CoreRuntime {
     /// The busy answer for an operation that could not be admitted.
     pub fn busy() -> OpResult {
         OpResult::status(Status::Busy)
+    }
+}
+
+/// A pool definition from core 0's answer to a creation or change.
+fn pool_result(resp: RpcResp) -> Result<PoolInfo, Status> {
+    match resp {
+        RpcResp::Pool(result) => result,
+        _ => Err(Status::InternalError),
     }
 }

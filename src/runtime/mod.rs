@@ -23,8 +23,11 @@ use glommio::net::TcpListener;
 use glommio::{CpuSet, Latency, LocalExecutorBuilder, Placement, Shares};
 
 use self::clock::SystemClock;
-use self::core::{CoreRuntime, Topology};
+use self::core::{CoreIo, CoreRuntime, Topology};
 use self::mesh::{MeshMsg, MeshOut};
+use crate::admin::CoreMsg;
+use crate::admin::http::AdminServer;
+use crate::admin::metrics::Metrics;
 use crate::config::Config;
 use crate::shard::Command;
 use crate::shard::Engine;
@@ -41,6 +44,8 @@ pub struct Ready {
     pub cores: u16,
     /// Each core's own port (empty when core ports are off).
     pub core_ports: Vec<u16>,
+    /// The admin HTTP port's address (none when it is off).
+    pub admin: Option<SocketAddr>,
 }
 
 /// Why the server could not start.
@@ -89,20 +94,31 @@ pub fn run(mut config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), Star
     });
     let mesh: MeshBuilder<MeshMsg, _> =
         MeshBuilder::full(cores as usize, config.limits.mesh_channel_depth_messages as usize);
+    // The admin port serves from the start (health, readiness); the cores read its requests
+    // once they serve.
+    let metrics = Arc::new(Metrics::new(cores));
+    let (admin_tx, admin_rx): (Vec<_>, Vec<_>) = (0..cores).map(|_| flume::unbounded::<CoreMsg>()).unzip();
+    let admin = match config.admin.listen_addr() {
+        Some(addr) => Some(AdminServer::start(&config.admin, addr, admin_tx, metrics.clone()).map_err(|e| {
+            StartError::Cores(vec![format!("cannot bind the admin port {}: {e}", config.admin.listen)])
+        })?),
+        None => None,
+    };
     let cpus: Vec<usize> = CpuSet::online().map(|set| set.iter().map(|l| l.cpu).collect()).unwrap_or_default();
     let mut handles = Vec::new();
-    for core in 0..cores {
+    for (core, admin_rx) in (0..cores).zip(admin_rx) {
         let placement = if config.server.pin_cores && !cpus.is_empty() {
             Placement::Fixed(cpus[core as usize % cpus.len()])
         } else {
             Placement::Unbound
         };
         let (config, startup, mesh) = (config.clone(), startup.clone(), mesh.clone());
+        let metrics = metrics.clone();
         let spawned = LocalExecutorBuilder::new(placement)
             .name(&format!("shardcap-core-{core}"))
             .io_memory(config.server.io_memory_bytes)
             .spin_before_park(Duration::from_micros(config.server.spin_before_park_us))
-            .spawn(move || core_main(core, config, startup, mesh));
+            .spawn(move || core_main(core, config, startup, mesh, (metrics, admin_rx)));
         match spawned {
             Ok(handle) => handles.push(handle),
             Err(e) => {
@@ -128,7 +144,10 @@ pub fn run(mut config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), Star
     listen.set_port(*startup.shared_port.lock().expect("startup lock"));
     let core_ports =
         if config.server.core_ports { startup.core_ports.lock().expect("startup lock").clone() } else { Vec::new() };
-    on_ready(&Ready { listen, cores, core_ports });
+    if let Some(admin) = &admin {
+        admin.set_ready();
+    }
+    on_ready(&Ready { listen, cores, core_ports, admin: admin.as_ref().map(|a| a.addr) });
     for handle in handles {
         if let Err(e) = handle.join() {
             return Err(StartError::Cores(vec![format!("a core stopped: {e}")]));
@@ -151,6 +170,7 @@ async fn core_main(
     config: Config,
     startup: Arc<Startup>,
     mesh: MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>,
+    (metrics, admin_rx): (Arc<Metrics>, flume::Receiver<CoreMsg>),
 ) {
     let cores = config.core_count();
     let listen = config.listen_addr();
@@ -235,14 +255,15 @@ async fn core_main(
     let fresh = engine.is_none();
     let engine = engine.unwrap_or_else(|| Engine::new(config.engine_config(core), now));
     let listeners: Vec<TcpListener> = [shared, own].into_iter().flatten().collect();
+    let core_metrics = Rc::new(metrics.core(core));
+    let observed = core_metrics.clone();
+    log.set_write_observer(move |seconds| observed.log_write.observe(seconds));
     let runtime = Rc::new(CoreRuntime::new(
         config.clone(),
         topology,
         Box::new(SystemClock),
         engine,
-        mesh,
-        log.clone(),
-        listeners,
+        CoreIo { mesh, log: log.clone(), listeners, metrics: core_metrics },
     ));
     // A new log starts with the limits; a restart with other limits records them. Before
     // any task is spawned: glommio may run a spawned task at once, and a message from
@@ -292,6 +313,10 @@ async fn core_main(
     if core == 0 {
         let result = runtime.start_cluster(&config.pools).await;
         report_start(&startup, result);
+    }
+    // 6. Requests of the admin port: metrics scrapes and the JSON API.
+    while let Ok(msg) = admin_rx.recv_async().await {
+        runtime.on_admin(msg);
     }
     futures_lite::future::pending::<()>().await;
 }

@@ -295,6 +295,11 @@ pub struct Engine {
     next_ticket: u64,
     parked_total: u32,
     stats: EngineStats,
+    /// Reservations in the held state.
+    held_count: u64,
+    /// Units sent to other cores and received from them since this state was built.
+    units_lent: u64,
+    units_borrowed: u64,
 }
 
 impl Engine {
@@ -316,6 +321,9 @@ impl Engine {
             next_ticket: 1,
             parked_total: 0,
             stats: EngineStats::default(),
+            held_count: 0,
+            units_lent: 0,
+            units_borrowed: 0,
         }
     }
 
@@ -327,6 +335,17 @@ impl Engine {
     /// Counters.
     pub fn stats(&self) -> EngineStats {
         self.stats
+    }
+
+    /// Reservations held now (neither confirmed, released nor expired).
+    pub fn held_count(&self) -> u64 {
+        self.held_count
+    }
+
+    /// Capacity units this core has sent to other cores and received from them, since
+    /// start-up (these are not kept in snapshots).
+    pub fn units_moved(&self) -> (u64, u64) {
+        (self.units_lent, self.units_borrowed)
     }
 
     /// Reservation records on this core.
@@ -887,6 +906,7 @@ impl Engine {
         let expires_at = now_ms + ttl as u64;
         slot.shard.held += op.qty as u64;
         let slot = self.holds.insert(Hold::new(op.id, op.user, op.pool, op.qty, expires_at)).expect("checked not full");
+        self.held_count += 1;
         self.wheel.insert(slot, expires_at, &mut self.holds);
         Attempt::Done(self.result_of(slot, Status::Ok))
     }
@@ -1073,7 +1093,9 @@ impl Engine {
     /// the wheel at its expiry; when that comes up it is filed again at this time).
     fn finish(&mut self, now_ms: u64, slot: u32, state: ReservationState) {
         let h = self.holds.get_mut(slot);
+        debug_assert_eq!(h.state(), ReservationState::Held, "only a held reservation is finished");
         h.set_state(state);
+        self.held_count -= 1;
         h.set_when_ms(h.when_ms().max(now_ms + self.cfg.retention_ms));
     }
 
@@ -1141,6 +1163,7 @@ impl Engine {
             assert!(shard.available() >= units, "debit before send: only free units move");
             shard.capacity -= units;
             shard.lent += units;
+            self.units_lent += units;
         }
         self.stats.borrow_messages += 1;
         let link = &mut self.links[to as usize];
@@ -1153,6 +1176,7 @@ impl Engine {
         let shard = &mut self.pools[p].shard;
         shard.capacity += units;
         shard.borrowed += units;
+        self.units_borrowed += units;
     }
 
     fn complete(&mut self, ticket: u64, result: OpResult) {
@@ -1444,10 +1468,15 @@ impl Engine {
             return Some(broken);
         }
         let mut held = vec![0u64; self.pools.len()];
+        let mut held_count = 0;
         for (_, h) in self.holds.iter() {
             if h.state() == ReservationState::Held {
                 held[h.pool() as usize - 1] += h.qty() as u64;
+                held_count += 1;
             }
+        }
+        if held_count != self.held_count {
+            return Some(format!("{held_count} reservations held, {} counted", self.held_count));
         }
         let mut pools = self.pools.iter().zip(held);
         if let Some((slot, sum)) = pools.find(|(slot, sum)| slot.shard.held != *sum) {
@@ -1696,6 +1725,7 @@ impl Engine {
             }
             let mut hold = Hold::new(r.id, r.user, r.pool, r.qty, r.when_ms);
             hold.set_state(state);
+            e.held_count += (state == ReservationState::Held) as u64;
             let slot = e.holds.insert(hold).ok_or("more reservations than holds_max")?;
             if r.commit_ref != 0 {
                 e.holds.set_commit_ref(slot, r.commit_ref);

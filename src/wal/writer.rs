@@ -92,6 +92,9 @@ enum Spare {
     Off,
 }
 
+/// Told the duration of each durable write, in seconds.
+type WriteObserver = Box<dyn Fn(f64)>;
+
 /// One core's log.
 pub struct LogWriter {
     mode: Durability,
@@ -118,6 +121,8 @@ pub struct LogWriter {
     /// Tasks waiting for the log, with the LSN each waits for.
     waiters: RefCell<Vec<(u64, Waker)>>,
     stats: Cell<LogStats>,
+    /// Told the duration of every durable write, in seconds (the metrics' histogram).
+    observer: RefCell<Option<WriteObserver>>,
 }
 
 impl LogWriter {
@@ -150,6 +155,7 @@ impl LogWriter {
             writer: RefCell::new(None),
             waiters: RefCell::new(Vec::new()),
             stats: Cell::new(LogStats::default()),
+            observer: RefCell::new(None),
         };
         if mode != Durability::None {
             let reopened = match append_at {
@@ -194,6 +200,11 @@ impl LogWriter {
     /// Counters.
     pub fn stats(&self) -> LogStats {
         self.stats.get()
+    }
+
+    /// Calls `observe` with the duration of every durable write from now on, in seconds.
+    pub fn set_write_observer(&self, observe: impl Fn(f64) + 'static) {
+        *self.observer.borrow_mut() = Some(Box::new(observe));
     }
 
     /// LSN of the last record appended (0 if none).
@@ -291,8 +302,12 @@ impl LogWriter {
         let mut stats = self.stats.get();
         stats.bytes += batch.len() as u64;
         stats.syncs += 1;
-        stats.sync_ns += start.elapsed().as_nanos() as u64;
+        let elapsed = start.elapsed();
+        stats.sync_ns += elapsed.as_nanos() as u64;
         self.stats.set(stats);
+        if let Some(observe) = &*self.observer.borrow() {
+            observe(elapsed.as_secs_f64());
+        }
         self.want_spare();
         Ok(())
     }

@@ -25,6 +25,8 @@ pub struct Server {
     pub addr: SocketAddr,
     /// Each core's own port.
     pub core_ports: Vec<u16>,
+    /// The admin HTTP port's address (none when it is off).
+    pub admin: Option<SocketAddr>,
     config_path: PathBuf,
     /// The data directory (removed on drop unless kept for a restart).
     pub data_dir: PathBuf,
@@ -51,8 +53,9 @@ impl Server {
     /// `[durability]` section in `extra` overrides it).
     pub fn start_in(cores: u16, extra: &str, data_dir: &std::path::Path) -> Server {
         let limits = if extra.contains("[limits]") { "" } else { "[limits]\nholds_max_per_core = 100000\n" };
+        let admin = if extra.contains("[admin]") { "" } else { "[admin]\nlisten = \"127.0.0.1:0\"\n" };
         let config = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ncore_port_base = 0\ncores = {cores}\npin_cores = false\nlog_level = \"warn\"\ndata_dir = {:?}\n{limits}{extra}\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\ncore_port_base = 0\ncores = {cores}\npin_cores = false\nlog_level = \"warn\"\ndata_dir = {:?}\n{limits}{admin}{extra}\n",
             data_dir.display().to_string()
         );
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -91,7 +94,11 @@ impl Server {
         };
         let addr: SocketAddr = field("listen").parse().expect("listen address");
         let core_ports = field("core_ports").split(',').filter(|p| !p.is_empty()).map(|p| p.parse().unwrap()).collect();
-        Server { child, addr, core_ports, config_path, data_dir: data_dir.to_path_buf(), keep_data: false }
+        let admin = match field("admin").as_str() {
+            "off" => None,
+            a => Some(a.parse().expect("admin address")),
+        };
+        Server { child, addr, core_ports, admin, config_path, data_dir: data_dir.to_path_buf(), keep_data: false }
     }
 
     /// Kills the process at once (SIGKILL: no clean shutdown) and keeps its data directory

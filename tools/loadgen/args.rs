@@ -202,6 +202,13 @@ pub struct Args {
     /// Print exactly one JSON object on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Scrape this URL (a server's `http://ADDR/metrics`) during the run, as Prometheus
+    /// would, to measure what scraping costs.
+    #[arg(long)]
+    pub scrape_url: Option<String>,
+    /// Time between two scrapes, in ms (at least 10).
+    #[arg(long, default_value_t = 100)]
+    pub scrape_interval_ms: u64,
 }
 
 /// The run, with presets and defaults applied and every value checked.
@@ -259,6 +266,10 @@ pub struct Plan {
     pub seed: u64,
     /// JSON output.
     pub json: bool,
+    /// The metrics URL scraped during the run, if any.
+    pub scrape_url: Option<String>,
+    /// Time between two scrapes.
+    pub scrape_interval_ms: u64,
 }
 
 /// The hold TTL of the pools the load generator creates, in ms. Every reserve names its
@@ -320,12 +331,17 @@ impl Plan {
             max_ops: args.max_ops,
             seed: args.seed.unwrap_or_else(rand::random),
             json: args.json,
+            scrape_url: args.scrape_url,
+            scrape_interval_ms: args.scrape_interval_ms,
         };
         plan.check()?;
         Ok(plan)
     }
 
     fn check(&self) -> Result<(), String> {
+        if self.scrape_url.is_some() && self.scrape_interval_ms < 10 {
+            return Err(format!("--scrape-interval-ms {}: at least 10", self.scrape_interval_ms));
+        }
         let finite_at_least = |v: f64, min: f64| v.is_finite() && v >= min;
         if !(finite_at_least(self.duration_s, 0.0) && self.duration_s > 0.0) {
             return Err(format!("--duration-s {} must be a positive number", self.duration_s));

@@ -23,6 +23,7 @@
 mod args;
 mod driver;
 mod report;
+mod scrape;
 mod setup;
 mod stats;
 mod workload;
@@ -40,8 +41,24 @@ fn main() {
     let setup = setup::prepare_within(&plan, setup::SETUP_TIMEOUT).unwrap_or_else(|e| fail(&e));
     // The top 32 bits of every reservation id: unique ids across runs on one server.
     let nonce: u32 = rand::random();
+    let scraper = plan
+        .scrape_url
+        .clone()
+        .map(|url| scrape::Scraper::start(url, std::time::Duration::from_millis(plan.scrape_interval_ms)));
     let outcome = driver::run(&plan, &setup, nonce).unwrap_or_else(|e| fail(&e));
-    let report = report::Report::new(&plan, &setup, &outcome, nonce);
+    let mut report = report::Report::new(&plan, &setup, &outcome, nonce);
+    if let Some(scraper) = scraper {
+        let (ok, failed) = scraper.stop();
+        report.json["scrapes"] =
+            serde_json::json!({"ok": ok, "failed": failed, "interval_ms": plan.scrape_interval_ms});
+        if failed > 0 {
+            eprintln!(
+                "warning: {failed} of {} scrapes of {} failed",
+                ok + failed,
+                plan.scrape_url.as_deref().unwrap_or("")
+            );
+        }
+    }
     if plan.json {
         println!("{}", report.json);
     } else {
