@@ -15,6 +15,8 @@
 //! - [`client`]: a blocking client with pipelining, over [`protocol`].
 //! - `wal` (feature `server`): each core's write-ahead log, snapshots and recovery.
 //! - [`config`] (feature `server`): the TOML configuration with every limit and its unit.
+//! - [`top`] (feature `server`): `shardcap top`, a live terminal view of a running server's
+//!   `/metrics`: per-core throughput and latency, pool capacity.
 
 pub mod client;
 pub mod protocol;
@@ -28,5 +30,7 @@ pub mod config;
 pub mod net;
 #[cfg(feature = "server")]
 pub mod runtime;
+#[cfg(feature = "server")]
+pub mod top;
 #[cfg(feature = "server")]
 pub mod wal;
