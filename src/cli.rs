@@ -1,6 +1,7 @@
 //! The `shardcap` command line: `serve` runs the server; `wal verify` and `wal dump` read a
-//! data directory's logs and snapshots offline (they never change it); the other
-//! subcommands are clients of the binary protocol. Every client subcommand takes `--server
+//! data directory's logs and snapshots offline (they never change it); `top` reads the
+//! admin port's metrics over HTTP (`--admin URL`); the other subcommands are clients of the
+//! binary protocol. Every client subcommand takes `--server
 //! ADDR` (or the `SHARDCAP_SERVER` environment variable) and `--json` (one JSON object per
 //! result on stdout); the `wal` subcommands take `--data-dir DIR` and `--json`.
 //!
@@ -15,7 +16,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
@@ -70,6 +71,9 @@ pub enum Command {
     /// Check or print the write-ahead logs of a data directory (offline; never changes it).
     #[command(subcommand)]
     Wal(WalCommand),
+    /// Live terminal view of a running server's metrics (per-core throughput, latency, pool
+    /// capacity).
+    Top(TopArgs),
 }
 
 /// `shardcap serve` flags; each overrides the config file's value.
@@ -374,6 +378,23 @@ pub struct WalArgs {
     pub json: bool,
 }
 
+/// `shardcap top` flags.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// The server's admin address; its metrics are read from `<URL>/metrics`.
+    #[arg(long, value_name = "URL", default_value = crate::top::ADMIN_URL_DEFAULT)]
+    pub admin: String,
+    /// Time between two reads of the metrics, in milliseconds (at least 100).
+    #[arg(long, default_value_t = 1000)]
+    pub interval_ms: u64,
+    /// Print one frame (120x40, from two reads --interval-ms apart) on stdout and exit.
+    #[arg(long)]
+    pub once: bool,
+}
+
+/// The shortest `shardcap top --interval-ms`.
+const TOP_INTERVAL_MS_MIN: u64 = 100;
+
 /// `shardcap reserve` arguments.
 #[derive(Debug, Args)]
 pub struct ReserveArgs {
@@ -502,6 +523,7 @@ pub fn run_client(command: Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::Pool(cmd) => pool_command(cmd),
+        Command::Top(args) => top(&args),
         Command::User(UserCommand::Activity { user, pool, status, recent, client }) => {
             let state = status.map_or(0, |s| s.state() as u8);
             user_activity(&user, pool.as_deref(), (state, recent), &client)
@@ -561,6 +583,24 @@ pub fn run_client(command: Command) -> Result<(), Failure> {
             refused_if(status, "lookup")
         }
     }
+}
+
+/// `shardcap top`: the live view, or with `--once` one frame on stdout. An unreachable
+/// admin port fails `--once` (exit 2); the live view keeps trying.
+fn top(args: &TopArgs) -> Result<(), Failure> {
+    if args.interval_ms < TOP_INTERVAL_MS_MIN {
+        return Err(usage(format!("--interval-ms must be at least {TOP_INTERVAL_MS_MIN} (got {})", args.interval_ms)));
+    }
+    let interval = Duration::from_millis(args.interval_ms);
+    if args.once {
+        let text = crate::top::render_once(&args.admin, Some(interval), 120, 40).map_err(usage)?;
+        // A reader that stops early (`| head`) is not a failure.
+        return match writeln!(std::io::stdout(), "{text}") {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(usage(format!("writing to stdout: {e}"))),
+            _ => Ok(()),
+        };
+    }
+    crate::top::run(&args.admin, interval).map_err(usage)
 }
 
 fn connect(args: &ClientArgs) -> Result<Client, Failure> {

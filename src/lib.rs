@@ -17,6 +17,8 @@
 //! - [`config`] (feature `server`): the TOML configuration with every limit and its unit.
 //! - `admin` (feature `server`): Prometheus metrics from core-local counts, and the admin
 //!   HTTP port (metrics, health, the JSON API) on a thread of its own.
+//! - [`top`] (feature `server`): `shardcap top`, a live terminal view of a running server's
+//!   `/metrics`: per-core throughput and latency, pool capacity.
 
 #[cfg(feature = "server")]
 pub mod admin;
@@ -32,5 +34,7 @@ pub mod config;
 pub mod net;
 #[cfg(feature = "server")]
 pub mod runtime;
+#[cfg(feature = "server")]
+pub mod top;
 #[cfg(feature = "server")]
 pub mod wal;

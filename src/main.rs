@@ -1,6 +1,6 @@
 //! `shardcap`: args → config → start. The server runs on the embedded default config when
-//! given no flags; `wal` reads a data directory offline; every other subcommand is a client
-//! of the binary protocol.
+//! given no flags; `wal` reads a data directory offline; `top` reads the admin port's
+//! metrics; every other subcommand is a client of the binary protocol.
 
 use std::io::Write;
 
