@@ -262,13 +262,18 @@ pub struct PoolConfig {
     pub priority_min: u8,
 }
 
+/// A pool's default hold TTL when its declaration names none, in seconds.
+pub const HOLD_TTL_S_DEFAULT: u32 = 300;
+/// A pool's longest hold TTL when its declaration names none, in seconds.
+pub const HOLD_TTL_S_MAX: u32 = 900;
+
 fn default_ttl_s() -> u32 {
-    300
+    HOLD_TTL_S_DEFAULT
 }
 fn default_ttl_max_s() -> u32 {
-    900
+    HOLD_TTL_S_MAX
 }
-fn default_true() -> bool {
+pub(crate) fn default_true() -> bool {
     true
 }
 

@@ -83,6 +83,7 @@ impl Scrape {
         assert_eq!(answer.status, 200, "{}", answer.body);
         let text = answer.body;
         check_exposition(&text);
+        promtool_check(&text);
         let lines = text.lines().map(|l| Ok(l.to_string()));
         let parsed = prometheus_parse::Scrape::parse(lines).expect("valid exposition text");
         let mut samples = BTreeMap::new();
@@ -180,6 +181,29 @@ fn check_exposition(text: &str) {
         assert!(values.windows(2).all(|w| w[0] <= w[1]), "buckets not cumulative: {key} {values:?}");
         assert_eq!(Some(*values.last().unwrap()), counts.get(key).copied(), "+Inf bucket of {key} is its count");
     }
+}
+
+/// Where Prometheus's `promtool` is installed (Debian's `prometheus` package), it checks the
+/// text too; `check_exposition` covers the same rules where it is not.
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        return;
+    };
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[test]
@@ -305,9 +329,11 @@ fn label_cardinality_stays_bounded_with_10000_pools() {
     for name in ["shardcap_pool_held", "shardcap_pool_confirmed", "shardcap_pool_available"] {
         assert_eq!(s.label_values(name, "pool").len(), 16, "{name}");
     }
-    // Whatever the number of pools, the scrape stays small.
-    let series = s.text.lines().filter(|l| !l.starts_with('#')).count();
-    assert!(series < 300, "{series} series for {POOLS} pools");
+    // Whatever the number of pools, the scrape stays small: 16 pools of 4 gauges each, and
+    // series per core that do not depend on pools.
+    let samples: Vec<&str> = s.text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(samples.iter().filter(|l| l.contains("pool=\"")).count(), 16 * 4);
+    assert!(samples.len() < 400, "{} samples for {POOLS} pools", samples.len());
 }
 
 #[test]
@@ -492,4 +518,52 @@ fn without_a_token_changes_are_refused() {
     assert_eq!(empty.status, 401, "an empty bearer token is no token");
     // Reading needs no token.
     assert_eq!(get(admin, "/v1/pools/demo").status, 200);
+}
+
+#[test]
+fn top_shows_the_pools_and_cores_of_a_live_server() {
+    let server = Server::start(2, &pool("sale", 1000));
+    let admin = server.admin.unwrap();
+    let mut c = server.core_client(0);
+    let id = c.pool_id("sale").unwrap().unwrap();
+    let users: Vec<u128> = users_on(0, 2, 30).into_iter().chain(users_on(1, 2, 50)).collect();
+    let reserves: Vec<_> = users.iter().enumerate().map(|(i, &u)| reserve(500 + i as u128, u, id, 2, 0)).collect();
+    assert!(c.reserve(&reserves).unwrap().iter().all(|r| r.status == Status::Ok as u8));
+    // Core 0's 30 users confirm: 60 units confirmed, core 1's 50 holds (100 units) stay held.
+    let confirms: Vec<_> = reserves[..30].iter().map(|r| ConfirmOp { id: r.id, user: r.user, commit_ref: 1 }).collect();
+    assert!(c.confirm(&confirms).unwrap().iter().all(|r| r.status == Status::Ok as u8));
+
+    // One frame, rendered into a test backend from the live /metrics.
+    let frame = shardcap::top::render_once(&format!("http://{admin}"), None, 120, 40).expect("render");
+    let row = |first: &str| -> Vec<String> {
+        let line = frame
+            .lines()
+            .find(|l| l.trim_start_matches(['│', ' ']).split_whitespace().next() == Some(first))
+            .unwrap_or_else(|| panic!("no row '{first}' in:\n{frame}"));
+        line.split_whitespace().filter(|w| *w != "│").map(str::to_string).collect()
+    };
+    assert!(frame.lines().next().unwrap().contains("ready"), "{frame}");
+    assert!(frame.contains("oversell 0"), "{frame}");
+    // pool, capacity, held, confirmed, available, taken
+    assert_eq!(row("sale")[..6], ["sale", "1000", "100", "60", "840", "16.0%"], "{frame}");
+    // core, ops, ok, refused, busy, p99, connections, holds: the holds column per core.
+    assert_eq!(row("0").last().unwrap(), "0", "core 0's holds were confirmed:\n{frame}");
+    assert_eq!(row("1").last().unwrap(), "50", "{frame}");
+    assert_eq!(row("all").last().unwrap(), "50", "{frame}");
+    // Operations since start, counted where they were applied (the user's home core).
+    assert_eq!([&row("0")[1], &row("1")[1], &row("all")[1]], ["60", "50", "110"], "{frame}");
+
+    // The command prints the same view once and exits.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_shardcap"))
+        .args(["top", "--once", "--interval-ms", "100", "--admin", &format!("http://{admin}")])
+        .output()
+        .expect("run shardcap top");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(printed.lines().any(|l| l.contains("sale") && l.contains("840")), "{printed}");
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_shardcap"))
+        .args(["top", "--once", "--interval-ms", "50", "--admin", &format!("http://{admin}")])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2), "an interval below 100 ms is refused");
 }

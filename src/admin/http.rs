@@ -426,7 +426,7 @@ struct CreateBody {
     hold_ttl_ms_default: u32,
     #[serde(default = "ttl_max_ms")]
     hold_ttl_ms_max: u32,
-    #[serde(default = "yes")]
+    #[serde(default = "crate::config::default_true")]
     active: bool,
     #[serde(default)]
     description: String,
@@ -434,14 +434,12 @@ struct CreateBody {
     rules: RulesBody,
 }
 
+/// The TTLs a pool gets when the body names none: those of a configured pool.
 fn ttl_default_ms() -> u32 {
-    300_000
+    crate::config::HOLD_TTL_S_DEFAULT * 1000
 }
 fn ttl_max_ms() -> u32 {
-    900_000
-}
-fn yes() -> bool {
-    true
+    crate::config::HOLD_TTL_S_MAX * 1000
 }
 
 /// A pool's rules as JSON: the shape `GET /v1/pools/{pool}/rules` answers.
@@ -634,6 +632,59 @@ fn set_pool_gauges(m: &Metrics, reports: &[CoreReport]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::admin::PoolReport;
+
+    /// GET `path` on `addr`: status and body.
+    fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let mut r = agent.get(&format!("http://{addr}{path}")).call().expect("the admin port answers");
+        (r.status().as_u16(), r.body_mut().read_to_string().expect("body"))
+    }
+
+    #[test]
+    fn readiness_waits_for_the_cores_and_scrapes_ask_every_core() {
+        let (tx, rx): (Vec<_>, Vec<_>) = (0..2).map(|_| flume::unbounded::<CoreMsg>()).unzip();
+        let config = AdminConfig { listen: "127.0.0.1:0".into(), ..AdminConfig::default() };
+        let metrics = Arc::new(Metrics::new(2));
+        let server = AdminServer::start(&config, config.listen_addr().unwrap(), tx, metrics).unwrap();
+        let addr = server.addr;
+
+        // Recovering: alive, not ready, no API; metrics answer without asking the cores.
+        assert_eq!(get(addr, "/healthz"), (200, r#"{"status":"ok"}"#.into()));
+        assert_eq!(get(addr, "/readyz"), (503, r#"{"ready":false}"#.into()));
+        let (status, body) = get(addr, "/v1/pools");
+        assert_eq!(status, 503);
+        assert!(body.contains(r#""code":"not_ready""#), "{body}");
+        let (status, body) = get(addr, "/metrics");
+        assert_eq!(status, 200);
+        assert!(body.contains("\nshardcap_ready 0\n"), "{body}");
+        assert!(rx.iter().all(|r| r.is_empty()), "no core was asked");
+
+        // Ready: each scrape asks both cores (stand-ins answer here) and sums their pools.
+        server.set_ready();
+        assert_eq!(get(addr, "/readyz"), (200, r#"{"ready":true}"#.into()));
+        let cores: Vec<_> = rx
+            .into_iter()
+            .enumerate()
+            .map(|(core, rx)| {
+                std::thread::spawn(move || {
+                    let Ok(CoreMsg::Flush { pools, reply }) = rx.recv() else { panic!("a flush") };
+                    assert_eq!(*pools, PoolSelection::First(64));
+                    let pool =
+                        PoolReport { id: 1, name: "p".into(), home: core == 0, capacity: 9, held: 2, confirmed: 1 };
+                    reply.send(CoreReport { core: core as u16, pool_count: 1, pools: vec![pool] }).unwrap();
+                })
+            })
+            .collect();
+        let (status, body) = get(addr, "/metrics");
+        assert_eq!(status, 200);
+        for core in cores {
+            core.join().unwrap();
+        }
+        assert!(body.contains("\nshardcap_ready 1\n"), "{body}");
+        assert!(body.contains("\nshardcap_pool_held{pool=\"p\"} 4\n"), "{body}");
+        assert!(body.contains("\nshardcap_pool_available{pool=\"p\"} 3\n"), "{body}");
+    }
 
     #[test]
     fn secrets_compare_whole() {
@@ -661,7 +712,7 @@ mod tests {
         let report = |core: u16, home: bool, capacity, held, confirmed| CoreReport {
             core,
             pool_count: 3,
-            pools: vec![super::super::PoolReport { id: 1, name: "a".into(), home, capacity, held, confirmed }],
+            pools: vec![PoolReport { id: 1, name: "a".into(), home, capacity, held, confirmed }],
         };
         // Core 1 has not applied the latest resize yet: the home core's capacity counts.
         set_pool_gauges(&m, &[report(0, true, 100, 10, 5), report(1, false, 90, 20, 1)]);

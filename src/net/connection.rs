@@ -109,9 +109,10 @@ pub async fn serve(core: Rc<CoreRuntime>, mut stream: TcpStream) {
         timed: Vec::new(),
     };
     let how = conn.run(&mut stream).await;
+    // Counted before the client can see the end of the connection.
     core.metrics.count_closed(how);
-    let _ = stream.close().await;
     core.close_connection(id);
+    let _ = stream.close().await;
 }
 
 struct Connection {
@@ -414,8 +415,17 @@ impl Connection {
     fn finish_pending(&mut self, slot: u32) {
         let frame = self.pending[slot as usize].take().expect("pending frame");
         self.out.extend_from_slice(&frame.bytes);
-        self.timed.extend(frame.timed);
+        self.add_timed(frame.timed);
         self.free.push(slot);
+    }
+
+    /// Adds answers to time when written; frames of one read and one kind share an entry.
+    fn add_timed(&mut self, timed: Option<Timed>) {
+        let Some(t) = timed else { return };
+        match self.timed.last_mut() {
+            Some(last) if last.op == t.op && last.since == t.since => last.count += t.count,
+            _ => self.timed.push(t),
+        }
     }
 
     /// A batch of one kind of operation: local ones applied now, others forwarded.
@@ -491,7 +501,7 @@ impl Connection {
                 self.pending[slot as usize] =
                     Some(PendingFrame { bytes, record_size: out_size, remaining: waiting, timed });
             }
-            None => self.timed.extend(timed),
+            None => self.add_timed(timed),
         }
         Ok(())
     }
