@@ -12,7 +12,9 @@
 //!   between cores, routing of operations to their user's home core, the borrowing traffic.
 //! - [`shard`]: the pure, deterministic state machine of one core — pools, shards, holds,
 //!   expiry and the borrowing protocol. `apply(state, now, command) -> outcome`, no I/O.
-//! - [`client`]: a blocking client with pipelining, over [`protocol`].
+//! - [`client`]: the clients, over [`protocol`]: a low-level blocking client with
+//!   pipelining, and (feature `tokio`) the shard-aware async client with automatic batching
+//!   and retries, its blocking face, and fallback across servers.
 //! - `wal` (feature `server`): each core's write-ahead log, snapshots and recovery.
 //! - [`config`] (feature `server`): the TOML configuration with every limit and its unit.
 //! - `admin` (feature `server`): Prometheus metrics from core-local counts, and the admin

@@ -15,6 +15,13 @@
 //! # Ok::<(), shardcap::client::ClientError>(())
 //! ```
 
+#[cfg(feature = "tokio")]
+pub mod blocking;
+#[cfg(feature = "tokio")]
+pub mod fallback;
+#[cfg(feature = "tokio")]
+pub mod tokio;
+
 use std::collections::HashMap;
 use std::io::{BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -52,6 +59,60 @@ pub enum ClientError {
     /// The server answered something this client does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),
+}
+
+/// Why a call of the shard-aware clients failed: the server's refusal of the operation
+/// (one of the protocol's statuses), or what went wrong on the way.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The server refused the operation, e.g. `sold_out`, `expired`, `not_found`;
+    /// `available` is the capacity hint that came with it (`u64::MAX`: none).
+    #[error("refused: {status}")]
+    Status {
+        /// The protocol status.
+        status: Status,
+        /// Units left on the core that answered.
+        available: u64,
+    },
+    /// No answer within the timeout, after every retry.
+    #[error("no answer within the timeout")]
+    Timeout,
+    /// The connection was lost before the answer, after every retry.
+    #[error("connection lost: {0}")]
+    Disconnected(String),
+    /// The server stayed too busy, after every retry.
+    #[error("server busy; retry after {retry_after_ms} ms")]
+    Busy {
+        /// The server's hint, in ms.
+        retry_after_ms: u32,
+    },
+    /// Connecting failed.
+    #[error("i/o error: {0}")]
+    Io(String),
+    /// The server answered something this client does not understand, or refused a frame.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl Error {
+    /// The protocol status of a refusal.
+    pub fn status(&self) -> Option<Status> {
+        match self {
+            Error::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+impl From<ClientError> for Error {
+    fn from(e: ClientError) -> Error {
+        match e {
+            ClientError::Io(e) => Error::Io(e.to_string()),
+            ClientError::Refused { status, message } => Error::Protocol(format!("{status}: {message}")),
+            ClientError::Busy { retry_after_ms } => Error::Busy { retry_after_ms },
+            ClientError::Protocol(m) => Error::Protocol(m),
+        }
+    }
 }
 
 /// A response frame.
