@@ -1,7 +1,14 @@
-//! A blocking client for the binary protocol, with pipelining: send many frames, then
-//! collect their responses by request id. It needs only `std` (no glommio), so
-//! applications can use it with the `server` feature turned off. Encoding and decoding
-//! live in [`crate::protocol`], free of I/O, for other clients to reuse.
+//! The clients of the binary protocol.
+//!
+//! - [`tokio::AsyncClient`] (feature `tokio`): the one applications use. Shard-aware
+//!   routing, calls coalesced into multi-operation frames, timeouts, retries with the same
+//!   reservation id, capacity hints. [`blocking::BlockingClient`] is its blocking face and
+//!   [`fallback::Fallback`] spreads reserves over several servers.
+//! - [`Client`], below: a low-level blocking client for one connection, with pipelining:
+//!   send many frames, then collect their responses by request id. It needs only `std`
+//!   (no glommio, no async runtime), so applications can use it with every feature off.
+//!
+//! Encoding and decoding live in [`crate::protocol`], free of I/O, shared by all of them.
 //!
 //! ```no_run
 //! use shardcap::client::Client;
@@ -14,6 +21,8 @@
 //! assert_eq!(result.status, Status::Ok as u8);
 //! # Ok::<(), shardcap::client::ClientError>(())
 //! ```
+
+#![warn(missing_docs)]
 
 #[cfg(feature = "tokio")]
 pub mod blocking;
