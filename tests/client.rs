@@ -187,3 +187,33 @@ fn the_blocking_client_reserves_confirms_and_batches_a_slice() {
     let status = server.client().pool_status(&by_id(pool)).unwrap().unwrap();
     assert_eq!((status.held(), status.confirmed()), (98, 2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_calls_than_frames_in_flight_can_carry_still_all_get_answers() {
+    let server = Server::start(1, &pool("big", 1000));
+    // Frames of 4 operations, one unanswered at a time: 50 calls queued together need 13
+    // frames, sent one after the other as the answers come back.
+    let options = Options {
+        batch_max: 4,
+        frames_in_flight: 1,
+        timeout: Duration::from_secs(2),
+        retries: 0,
+        ..Options::default()
+    };
+    let client = AsyncClient::connect_with(server.addr, options).await.unwrap();
+    let pool = client.pool_id("big").await.unwrap();
+    client.reserve(op(1, 1, pool, 1)).await.unwrap();
+    let before = totals(&server);
+    let calls: Vec<_> = (0..50u128)
+        .map(|i| {
+            let client = client.clone();
+            tokio::spawn(async move { client.reserve(op(100 + i, 1000 + i, pool, 1)).await })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().expect("answered");
+    }
+    let after = totals(&server);
+    assert_eq!(after.1 - before.1, 50);
+    assert!(after.0 - before.0 >= 13, "no frame carries more than 4 operations");
+}

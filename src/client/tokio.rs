@@ -459,8 +459,20 @@ async fn write_frames(
             let mut ops = extract(&mut taken, kind).into_iter().peekable();
             while ops.peek().is_some() {
                 let chunk: Vec<Req> = ops.by_ref().take(per_frame).collect();
-                let Ok(permit) = frames.acquire().await else {
-                    return Error::Disconnected("the connection closed".into());
+                let permit = match frames.try_acquire() {
+                    Ok(permit) => permit,
+                    Err(_) => {
+                        // The frames already encoded must leave before waiting: their answers
+                        // may be the ones that give the permits back.
+                        if let Err(e) = write.write_all(&out).await {
+                            return io(e);
+                        }
+                        out.clear();
+                        match frames.acquire().await {
+                            Ok(permit) => permit,
+                            Err(_) => return Error::Disconnected("the connection closed".into()),
+                        }
+                    }
                 };
                 permit.forget(); // given back when the answer arrives
                 let id = next_id;
