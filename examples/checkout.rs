@@ -47,8 +47,9 @@ async fn main() -> Result<(), BoxError> {
         priority: 0,
     };
 
-    // 1. Reserve. The server holds the tickets, but the connection drops before the answer
-    //    reaches the application: as far as it knows, the reserve may never have arrived.
+    // 1. Reserve. The server holds the tickets, and the answer is lost on its way back. Here
+    //    the loss is simulated: the answer is ignored and the connection dropped, so as far
+    //    as the application knows, the reserve may never have arrived.
     let _lost_answer = first.reserve(reserve).await;
     drop(first);
     let after_first = pool_status(&server, pool).await?;

@@ -181,7 +181,8 @@ pub struct Activity {
     pub ok_ratio: Option<f64>,
     /// Operations answered with another status (`sold_out`, `not_found`, …), as `operations`.
     pub refused: f64,
-    /// Frames or connections refused `busy` (`shardcap_busy_total`), as `operations`.
+    /// Operations (and connections) refused `busy` before the state machine
+    /// (`shardcap_busy_total`), as `operations`.
     pub busy: f64,
     /// 99th percentile of the server-side reserve latency over the span (`None`: no reserve).
     pub p99_reserve: Option<Latency>,

@@ -262,10 +262,10 @@ fn metrics_count_what_was_done() {
     assert_eq!(s.sum("shardcap_reservation_records", &[]), 200.0);
     assert_eq!(s.samples["shardcap_pools"], 1.0);
     assert_eq!(s.samples["shardcap_ready"], 1.0);
-    // The invariant checker ran on every core at this scrape and found nothing.
+    // Every core has the oversell series (from the start), and no check found anything.
     assert_eq!(s.label_values("shardcap_oversell_detected_total", "core"), HashSet::from(["0".into(), "1".into()]));
     assert_eq!(s.sum("shardcap_oversell_detected_total", &[]), 0.0);
-    // The log (sync mode) wrote every operation's record durably.
+    // The log (sync mode) wrote records durably.
     assert!(s.sum("shardcap_log_written_bytes_total", &[]) > 0.0);
     assert!(s.sum("shardcap_log_write_duration_seconds_count", &[]) >= 1.0);
     assert_eq!(s.sum("shardcap_connections_open", &[]), 1.0);
@@ -481,7 +481,7 @@ fn admin_endpoints_answer_and_refuse() {
     let garbled = get(admin, "/v1/reservations/xyz");
     assert_eq!((garbled.status, garbled.code().as_str()), (400, "invalid_id"));
 
-    // User activity across pools (the pool tracks users since its rules had max_per_user).
+    // User activity across pools (the pool tracks users: its rules have track_users).
     let activity = get(admin, "/v1/users/alice/activity");
     assert_eq!(activity.status, 200, "{}", activity.body);
     let a = activity.json();
@@ -542,7 +542,8 @@ fn top_shows_the_pools_and_cores_of_a_live_server() {
             .unwrap_or_else(|| panic!("no row '{first}' in:\n{frame}"));
         line.split_whitespace().filter(|w| *w != "│").map(str::to_string).collect()
     };
-    assert!(frame.lines().next().unwrap().contains("ready"), "{frame}");
+    let header = frame.lines().next().unwrap();
+    assert!(header.contains("ready") && !header.contains("ready ?"), "shardcap_ready was read: {frame}");
     assert!(frame.contains("oversell 0"), "{frame}");
     // pool, capacity, held, confirmed, available, taken
     assert_eq!(row("sale")[..6], ["sale", "1000", "100", "60", "840", "16.0%"], "{frame}");
@@ -566,4 +567,6 @@ fn top_shows_the_pools_and_cores_of_a_live_server() {
         .output()
         .unwrap();
     assert_eq!(refused.status.code(), Some(2), "an interval below 100 ms is refused");
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("--interval-ms must be at least 100"), "{why}");
 }

@@ -13,6 +13,8 @@
 //! | GET | `/v1/reservations/{id}` | a reservation (`?user=` narrows the search) |
 //! | GET | `/v1/users/{user}/activity` | a user's activity across pools |
 //!
+//! Users are named as on the command line: the id is XXH3-128 of the name.
+//!
 //! Requests that change something need `Authorization: Bearer <admin.token>`: 401 without
 //! it, 403 with another token or when no token is configured. Errors are JSON:
 //! `{"error": {"code": "...", "message": "..."}}`.
@@ -298,7 +300,7 @@ async fn api(
             let id = parse_id(id).filter(|&id| id != 0).ok_or_else(|| {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", "a reservation id is 32 hex digits (a UUID)")
             })?;
-            let user = query.get("user").map_or(0, |u| user_from_text(u));
+            let user = query.get("user").map_or(0, |u| user_id_from_name(u));
             match control(state, ControlReq::Lookup(LookupOp { id, user })).await? {
                 ControlResp::Lookup(r) => match Status::from_u8(r.status) {
                     Some(Status::Ok) => ok(lookup_json(id, &r)),
@@ -312,7 +314,7 @@ async fn api(
         (["users", user, "activity"], Method::GET) => {
             let recent = number(query, "recent", 4u8)?;
             let pool = query.get("pool").map(|p| key(p));
-            let req = ControlReq::UserActivity { user: user_from_text(user), pool, recent };
+            let req = ControlReq::UserActivity { user: user_id_from_name(user), pool, recent };
             match control(state, req).await? {
                 ControlResp::Activity(Ok(list)) => {
                     let pools: Vec<Value> = list.iter().map(|(name, a)| activity_json(user, name, a)).collect();
@@ -333,12 +335,6 @@ fn key(pool: &str) -> PoolKey {
 
 fn internal() -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "unexpected answer from the core")
-}
-
-/// A user named in a path or query: 32 hex digits (a UUID) are its id, anything else a
-/// name, mapped to an id as the command line does.
-fn user_from_text(text: &str) -> u128 {
-    parse_id(text).unwrap_or_else(|| user_id_from_name(text))
 }
 
 fn parse_query(query: &str) -> HashMap<String, String> {
@@ -408,11 +404,18 @@ async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Re
 /// Sends a request to core 0 and waits for its answer.
 async fn control(state: &State, req: ControlReq) -> Result<ControlResp, ApiError> {
     let (reply, answer) = flume::bounded(1);
-    let unavailable = || ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "core 0 did not answer");
+    let unavailable =
+        || ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "core 0 did not take the request");
     state.cores[0].send(CoreMsg::Control { req, reply }).map_err(|_| unavailable())?;
     match tokio::time::timeout(CORE_WAIT, answer.recv_async()).await {
         Ok(Ok(resp)) => Ok(resp),
-        _ => Err(unavailable()),
+        Ok(Err(_)) => Err(unavailable()),
+        // The request may still complete: a change may be applied after this answer.
+        Err(_) => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "outcome_unknown",
+            "core 0 did not answer within 10 s; the request may still be applied: read the pool before retrying",
+        )),
     }
 }
 
@@ -488,10 +491,7 @@ impl PatchBody {
     /// The changes, in the order they are applied.
     fn changes(self) -> Result<Vec<PoolChange>, ApiError> {
         let mut changes = Vec::new();
-        if let Some(description) = self.description {
-            check_description(&description)?;
-            changes.push(PoolChange::Describe(description));
-        }
+        changes.extend(self.description.map(PoolChange::Describe));
         changes.extend(self.rules.map(|r| PoolChange::Rules(r.into())));
         changes.extend(self.active.map(PoolChange::Active));
         changes.extend(self.capacity.map(PoolChange::Capacity));
@@ -516,6 +516,7 @@ fn check_description(text: &str) -> Result<(), ApiError> {
 }
 
 async fn create_pool(state: &State, body: CreateBody) -> Result<Response<Full<Bytes>>, ApiError> {
+    // Checked before the pool is created: the description is set by a second change.
     check_description(&body.description)?;
     let name = body.name.clone();
     let req = PoolCreate {
@@ -572,14 +573,19 @@ async fn scrape(state: &State, ready: bool) -> Response<Full<Bytes>> {
                 pending.push(report);
             }
         }
+        let deadline = tokio::time::Instant::now() + CORE_WAIT;
         let mut reports = Vec::with_capacity(pending.len());
         for report in pending {
-            match tokio::time::timeout(CORE_WAIT, report.recv_async()).await {
-                Ok(Ok(r)) => reports.push(r),
-                _ => tracing::warn!("a core did not answer a metrics scrape"),
+            if let Ok(Ok(r)) = tokio::time::timeout_at(deadline, report.recv_async()).await {
+                reports.push(r);
             }
         }
-        set_pool_gauges(&state.metrics, &reports);
+        // Pool numbers summed over some cores only would be wrong: keep the last ones.
+        if reports.len() == state.cores.len() {
+            set_pool_gauges(&state.metrics, &reports);
+        } else {
+            tracing::warn!("a core did not answer a metrics scrape; pool gauges not updated");
+        }
     }
     let mut text = String::new();
     let status = match prometheus::TextEncoder::new().encode_utf8(&state.metrics.registry.gather(), &mut text) {

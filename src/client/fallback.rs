@@ -7,14 +7,17 @@
 //! every free unit of the pool is with it, so a `sold_out` from a server means that
 //! server's whole pool is taken (no phantom sold-out). Across servers, a reserve that is
 //! refused for capacity (`sold_out`), or for a pool that does not sell now (`pool_inactive`,
-//! `not_open`, `closed`), or whose server cannot be reached, is tried on another server,
+//! `not_open`, `closed`), answered `busy`, or whose server could not be reached (nothing
+//! was sent), is tried on another server,
 //! chosen by the **power of two choices**: two of the servers not tried yet, picked at
 //! random, and of those the one with more capacity left by the last hint seen (a server
 //! with no hint yet counts as having most). Refusals that would be the same anywhere (an
-//! invalid quantity, a limit per user) are returned at once.
+//! invalid quantity, a limit per user) are returned at once, and so is a failure whose
+//! outcome is unknown (`Timeout`, `Disconnected`: the server may hold the units): reserving
+//! elsewhere then could hold them twice. Send such a reserve again with the same id and the
+//! same first choice; the server that got it answers a repeat.
 //!
-//! The random picks come from a hash of the reservation id, so a retried reserve visits
-//! the servers in the same order and finds its earlier hold (the server answers a repeat).
+//! The random picks come from a hash of the reservation id.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), shardcap::client::Error> {
@@ -28,7 +31,7 @@
 //! # Ok(()) }
 //! ```
 
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use super::Error;
 use super::tokio::{AsyncClient, Done};
@@ -39,7 +42,7 @@ struct Venue {
     addr: String,
     pool_name: String,
     /// The client and the pool's id, once connected.
-    link: tokio::sync::Mutex<Option<(AsyncClient, u32)>>,
+    link: tokio::sync::OnceCell<(AsyncClient, u32)>,
 }
 
 /// Reserves across several servers with fallback by the power of two choices.
@@ -56,7 +59,7 @@ impl Fallback {
             .map(|(addr, pool)| Venue {
                 addr: addr.to_string(),
                 pool_name: pool.to_string(),
-                link: tokio::sync::Mutex::new(None),
+                link: tokio::sync::OnceCell::new(),
             })
             .collect();
         let fallback = Fallback { venues };
@@ -83,9 +86,8 @@ impl Fallback {
 
     /// The last capacity hint of server `venue`'s pool (`None`: not seen yet or not
     /// connected).
-    pub async fn capacity_hint(&self, venue: usize) -> Option<u64> {
-        let link = self.venues[venue].link.lock().await;
-        link.as_ref().and_then(|(client, pool)| client.capacity_hint(*pool))
+    pub fn capacity_hint(&self, venue: usize) -> Option<u64> {
+        self.venues[venue].link.get().and_then(|(client, pool)| client.capacity_hint(*pool))
     }
 
     /// Reserves on server `first` or, if it is sold out or unreachable, on others picked by
@@ -106,31 +108,32 @@ impl Fallback {
                 return Err(error);
             }
             round += 1;
-            next = self.pick(&mut untried, op.id, round).await;
+            next = self.pick(&mut untried, op.id, round);
         }
     }
 
     async fn try_venue(&self, venue: usize, op: ReserveOp) -> Result<Done, Error> {
         let (client, pool) = self.venues[venue].client().await?;
-        client.reserve(ReserveOp { pool, ..op }).await
+        client.reserve(ReserveOp { pool: *pool, ..op }).await
     }
 
     /// Two of `untried` by a hash of the reservation id, and of those the one with more
     /// capacity left; removed from `untried`.
-    async fn pick(&self, untried: &mut Vec<usize>, id: u128, round: u64) -> usize {
+    fn pick(&self, untried: &mut Vec<usize>, id: u128, round: u64) -> usize {
         let n = untried.len();
-        let h = xxh3_64(&[id.to_le_bytes().as_slice(), &round.to_le_bytes()].concat());
+        let h = xxh3_64_with_seed(&id.to_le_bytes(), round);
         let a = (h % n as u64) as usize;
         let b = if n == 1 { a } else { (a + 1 + ((h >> 32) % (n as u64 - 1)) as usize) % n };
-        let ha = self.capacity_hint(untried[a]).await.unwrap_or(u64::MAX);
-        let hb = self.capacity_hint(untried[b]).await.unwrap_or(u64::MAX);
+        let ha = self.capacity_hint(untried[a]).unwrap_or(u64::MAX);
+        let hb = self.capacity_hint(untried[b]).unwrap_or(u64::MAX);
         let chosen = if hb > ha { b } else { a };
         untried.remove(chosen)
     }
 }
 
 /// True for a refusal that another server may not give: no capacity, a pool that does not
-/// sell now, or a server that cannot be reached.
+/// sell now, `busy`, or a server that could not be reached. Not for a failure whose outcome
+/// is unknown: the units may be held here.
 fn worth_another(e: &Error) -> bool {
     match e {
         Error::Status { status, .. } => {
@@ -139,21 +142,20 @@ fn worth_another(e: &Error) -> bool {
                 Status::SoldOut | Status::PoolInactive | Status::NotOpen | Status::Closed | Status::PoolNotFound
             )
         }
-        Error::Timeout | Error::Disconnected(_) | Error::Busy { .. } | Error::Io(_) => true,
-        Error::Protocol(_) => false,
+        Error::Busy { .. } | Error::Io(_) => true,
+        Error::Timeout | Error::Disconnected(_) | Error::Protocol(_) => false,
     }
 }
 
 impl Venue {
     /// The connected client and pool id, connecting first if needed.
-    async fn client(&self) -> Result<(AsyncClient, u32), Error> {
-        let mut link = self.link.lock().await;
-        if let Some((client, pool)) = link.as_ref() {
-            return Ok((client.clone(), *pool));
-        }
-        let client = AsyncClient::connect(self.addr.as_str()).await?;
-        let pool = client.pool_id(&self.pool_name).await?;
-        *link = Some((client.clone(), pool));
-        Ok((client, pool))
+    async fn client(&self) -> Result<&(AsyncClient, u32), Error> {
+        self.link
+            .get_or_try_init(|| async {
+                let client = AsyncClient::connect(self.addr.as_str()).await?;
+                let pool = client.pool_id(&self.pool_name).await?;
+                Ok((client, pool))
+            })
+            .await
     }
 }

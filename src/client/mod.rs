@@ -83,10 +83,12 @@ pub enum Error {
         /// Units left on the core that answered.
         available: u64,
     },
-    /// No answer within the timeout, after every retry.
+    /// No answer within the timeout, after every retry; the operation may have been applied
+    /// (send it again with the same id to learn its outcome).
     #[error("no answer within the timeout")]
     Timeout,
-    /// The connection was lost before the answer, after every retry.
+    /// The connection was lost before the answer, after every retry; the operation may have
+    /// been applied.
     #[error("connection lost: {0}")]
     Disconnected(String),
     /// The server stayed too busy, after every retry.
@@ -95,7 +97,7 @@ pub enum Error {
         /// The server's hint, in ms.
         retry_after_ms: u32,
     },
-    /// Connecting failed.
+    /// Connecting failed: the operation was not sent.
     #[error("i/o error: {0}")]
     Io(String),
     /// The server answered something this client does not understand, or refused a frame.

@@ -9,11 +9,14 @@
 //!   coalesced: a writer task takes everything queued for its core and sends it as
 //!   multi-operation frames (one frame per kind of operation, up to the server's
 //!   `batch_operations_max`), with at most `inflight_frames_max` frames unanswered.
-//! - **Timeouts and retries.** A frame unanswered for [`Options::timeout`] ends its
-//!   connection (checked a few times per timeout by the connection's task, not by a timer
-//!   per call). Calls whose connection ended are sent again, on a new connection, up to
+//! - **Timeouts and retries.** A frame unanswered for [`Options::timeout`] after it was
+//!   written ends its connection (checked four times per timeout by the connection's task,
+//!   not by a timer per call); connecting and the handshake are bounded by it too. Calls whose connection ended are sent again, on a new connection, up to
 //!   [`Options::retries`] times — with the same reservation id, so a retry can never reserve
-//!   twice: the server answers a repeat with the first outcome and the REPEAT flag.
+//!   twice: the server answers a repeat with the first outcome and the REPEAT flag. A call
+//!   that fails after an attempt may have reached the server reports `Timeout` or
+//!   `Disconnected` (its outcome is unknown: send it again with the same id); `Io` means
+//!   nothing was sent.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), shardcap::client::Error> {
@@ -151,7 +154,10 @@ struct Link {
 struct Inner {
     hello: Hello,
     shared: SocketAddr,
+    /// `per_core` connections per core (one core's worth when not shard-aware).
     links: Vec<Link>,
+    per_core: usize,
+    shard_aware: bool,
     options: Options,
     /// Capacity hints by pool, kept by the connections' tasks.
     hints: Hints,
@@ -172,19 +178,26 @@ impl AsyncClient {
     /// Connects to a server's shared port: reads its topology from the handshake. The
     /// connections to the cores open on first use.
     pub async fn connect_with(addr: impl tokio::net::ToSocketAddrs, options: Options) -> Result<AsyncClient, Error> {
-        let mut stream = TcpStream::connect(addr).await.map_err(io)?;
+        let (stream, hello) = within(options.timeout, async {
+            let mut stream = TcpStream::connect(addr).await.map_err(io)?;
+            let hello = handshake(&mut stream).await?;
+            Ok((stream, hello))
+        })
+        .await?;
         let shared = stream.peer_addr().map_err(io)?;
-        let hello = handshake(&mut stream).await?;
         let per_core = options.connections_per_core.max(1);
-        let cores = if options.shard_aware { hello.core_count.max(1) as usize } else { 1 };
+        // Routing by user needs the server's user hash; a server with another one is served
+        // through the address given, which forwards.
+        let shard_aware = options.shard_aware && hello.user_hash == control::USER_HASH_XXH3_JUMP;
+        let cores = if shard_aware { hello.core_count.max(1) as usize } else { 1 };
         let links = (0..cores * per_core)
             .map(|i| {
-                let port =
-                    if options.shard_aware { hello.core_ports.get(i / per_core).copied().unwrap_or(0) } else { 0 };
+                let port = if shard_aware { hello.core_ports.get(i / per_core).copied().unwrap_or(0) } else { 0 };
                 Link::new(if port == 0 { shared } else { SocketAddr::new(shared.ip(), port) })
             })
             .collect();
-        Ok(AsyncClient { inner: Arc::new(Inner { hello, shared, links, options, hints: Hints::default() }) })
+        let inner = Inner { hello, shared, links, per_core, shard_aware, options, hints: Hints::default() };
+        Ok(AsyncClient { inner: Arc::new(inner) })
     }
 
     /// The server's topology and limits, from the handshake.
@@ -246,10 +259,9 @@ impl AsyncClient {
     /// The connection for an operation: one of its user's core's, chosen by the low byte of
     /// the reservation id (the first bytes of every record).
     fn link_of(&self, user: u128, record: &[u8]) -> usize {
-        let per_core = self.inner.options.connections_per_core.max(1);
-        let core =
-            if self.inner.links.len() == per_core { 0 } else { home_core(user, self.inner.hello.core_count) as usize };
-        core * per_core + record[0] as usize % per_core
+        let inner = &self.inner;
+        let core = if inner.shard_aware { home_core(user, inner.hello.core_count) as usize } else { 0 };
+        core * inner.per_core + record[0] as usize % inner.per_core
     }
 
     async fn op(&self, user: u128, opcode: Opcode, encode: impl FnOnce(&mut [u8])) -> Result<Done, Error> {
@@ -268,10 +280,18 @@ impl AsyncClient {
     async fn call(&self, core: usize, opcode: Opcode, record: [u8; RECORD_MAX]) -> Result<Answer, Error> {
         let options = &self.inner.options;
         let mut attempt = 0;
+        // Once an attempt may have reached the server, the call's failure is never reported
+        // as "nothing was sent" (`Io`), even if later attempts could not connect.
+        let mut maybe_applied = false;
         loop {
             let error = match self.attempt(core, opcode, record).await {
                 Ok(answer) => return Ok(answer),
-                Err(e @ (Error::Timeout | Error::Disconnected(_) | Error::Io(_))) => e,
+                Err(Error::Io(m)) if maybe_applied => Error::Disconnected(m),
+                Err(e @ Error::Io(_)) => e,
+                Err(e @ (Error::Timeout | Error::Disconnected(_))) => {
+                    maybe_applied = true;
+                    e
+                }
                 Err(Error::Busy { retry_after_ms }) => {
                     tokio::time::sleep(Duration::from_millis(retry_after_ms.max(1) as u64)).await;
                     Error::Busy { retry_after_ms }
@@ -323,12 +343,16 @@ impl AsyncClient {
             timeout: self.inner.options.timeout,
         };
         // The core's own port; the shared port (which forwards) if it cannot be reached.
-        let stream = match TcpStream::connect(link.addr).await {
-            Ok(s) => s,
-            Err(_) if link.addr != self.inner.shared => TcpStream::connect(self.inner.shared).await.map_err(io)?,
-            Err(e) => return Err(io(e)),
-        };
-        let q = open(stream, limits, self.inner.hints.clone()).await?;
+        let shared = self.inner.shared;
+        let q = within(self.inner.options.timeout, async {
+            let stream = match TcpStream::connect(link.addr).await {
+                Ok(s) => s,
+                Err(_) if link.addr != shared => TcpStream::connect(shared).await.map_err(io)?,
+                Err(e) => return Err(io(e)),
+            };
+            open(stream, limits, self.inner.hints.clone()).await
+        })
+        .await?;
         *link.queue.write().expect("link lock") = Some(q.clone());
         Ok(q)
     }
@@ -354,8 +378,17 @@ impl Link {
     }
 }
 
+/// A failure to connect (nothing was sent).
 fn io(e: std::io::Error) -> Error {
     Error::Io(e.to_string())
+}
+
+/// Connecting and the handshake, bounded by the call timeout.
+async fn within<T>(
+    timeout: Duration,
+    connect: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    tokio::time::timeout(timeout, connect).await.unwrap_or_else(|_| Err(Error::Io("connecting timed out".into())))
 }
 
 /// Sends the handshake and reads the server's answer.
@@ -446,26 +479,27 @@ async fn write_frames(
             }
         }
         out.clear();
-        // One frame per kind of operation and per `batch_max` (in the order they came).
-        let mut kinds: Vec<Opcode> = Vec::new();
-        for r in &taken {
-            if !kinds.contains(&r.opcode) {
-                kinds.push(r.opcode);
-            }
-        }
-        for kind in kinds {
+        // One frame per kind of operation and per `batch_max`, kinds in the order they came
+        // (usually there is one: the whole batch is the group).
+        while let Some(kind) = taken.first().map(|r| r.opcode) {
+            let mut group = if taken.iter().all(|r| r.opcode == kind) {
+                std::mem::take(&mut taken)
+            } else {
+                let (group, rest) = std::mem::take(&mut taken).into_iter().partition(|r| r.opcode == kind);
+                taken = rest;
+                group
+            };
             let size = kind.request_record_size().expect("a batch opcode");
             let per_frame = limits.batch_max.min((limits.frame_bytes_max - HEADER_SIZE) / size).max(1);
-            let mut ops = extract(&mut taken, kind).into_iter().peekable();
-            while ops.peek().is_some() {
-                let chunk: Vec<Req> = ops.by_ref().take(per_frame).collect();
+            while !group.is_empty() {
+                let n = group.len().min(per_frame);
                 let permit = match frames.try_acquire() {
                     Ok(permit) => permit,
                     Err(_) => {
                         // The frames already encoded must leave before waiting: their answers
                         // may be the ones that give the permits back.
                         if let Err(e) = write.write_all(&out).await {
-                            return io(e);
+                            return Error::Disconnected(e.to_string());
                         }
                         out.clear();
                         match frames.acquire().await {
@@ -477,16 +511,17 @@ async fn write_frames(
                 permit.forget(); // given back when the answer arrives
                 let id = next_id;
                 next_id += 1;
-                Header::request(kind, id, chunk.len() as u16, (chunk.len() * size) as u32).append_to(&mut out);
-                for r in &chunk {
+                Header::request(kind, id, n as u16, (n * size) as u32).append_to(&mut out);
+                for r in &group[..n] {
                     out.extend_from_slice(&r.record[..size]);
                 }
+                // A reserve's pool, for the capacity hint its answer carries.
                 let pool_of = |r: &Req| match kind {
                     Opcode::Reserve => u32::from_le_bytes(r.record[32..36].try_into().expect("4 bytes")),
                     _ => 0,
                 };
-                let replies = chunk
-                    .into_iter()
+                let replies = group
+                    .drain(..n)
                     .map(|r| {
                         let pool = pool_of(&r);
                         (r.reply, pool)
@@ -496,18 +531,14 @@ async fn write_frames(
             }
             // Frames of this kind leave before waiting for permits of the next.
             if let Err(e) = write.write_all(&out).await {
-                return io(e);
+                return Error::Disconnected(e.to_string());
             }
             out.clear();
+            if taken.is_empty() {
+                taken = group; // its capacity serves the next batch
+            }
         }
     }
-}
-
-/// Removes the requests of one kind from `taken`, in order.
-fn extract(taken: &mut Vec<Req>, kind: Opcode) -> Vec<Req> {
-    let (mine, rest): (Vec<Req>, Vec<Req>) = std::mem::take(taken).into_iter().partition(|r| r.opcode == kind);
-    *taken = rest;
-    mine
 }
 
 /// Ends the connection when a frame has waited longer than `timeout` for its answer.
@@ -537,8 +568,15 @@ async fn read_answers(
             Err(e) => return Error::Disconnected(e.to_string()),
         };
         if header.opcode == Opcode::Error as u8 {
+            // The server refused one frame and closes the connection: that frame's calls
+            // fail; the others are sent again on a new connection.
             let status = Status::from_u8(header.status).unwrap_or(Status::InternalError);
-            return Error::Protocol(format!("the server closed the connection: {status}"));
+            if let Some((_, _, replies)) = waiting.lock().expect("waiting lock").remove(&header.request_id) {
+                for (reply, _) in replies {
+                    let _ = reply.send(Err(Error::Protocol(format!("the server refused the frame: {status}"))));
+                }
+            }
+            return Error::Disconnected(format!("the server closed the connection: {status}"));
         }
         let Some((kind, _, replies)) = waiting.lock().expect("waiting lock").remove(&header.request_id) else {
             continue;

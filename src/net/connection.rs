@@ -332,12 +332,10 @@ impl Connection {
             | Opcode::PoolSetRules
             | Opcode::PoolSetCapacity
             | Opcode::PoolRename
-            | Opcode::PoolSetDescription => match decode_pool_change(opcode, body)? {
-                Ok(change) => {
-                    self.control(opcode, id, move |core| async move { pool_answer(core.change_pool(change).await) })
-                }
-                Err(refusal) => self.respond_status(opcode, id, refusal),
-            },
+            | Opcode::PoolSetDescription => {
+                let change = decode_pool_change(opcode, body)?;
+                self.control(opcode, id, move |core| async move { pool_answer(core.change_pool(change).await) })
+            }
             Opcode::UserActivity => {
                 let req = UserActivityRequest::decode(body).map_err(|_| Status::MalformedBody)?;
                 self.control(opcode, id, move |core| async move {
@@ -580,12 +578,10 @@ fn pool_answer(result: Result<PoolInfo, Status>) -> Vec<u8> {
     body
 }
 
-/// The pool change a control frame asks core 0 for (`Err` of the outer result: the body is
-/// malformed), or the refusal that is decided here, before anything is logged: a log
-/// record has room for a valid description only.
-fn decode_pool_change(opcode: Opcode, body: &[u8]) -> Result<Result<Command, Status>, Status> {
+/// The pool change a control frame asks core 0 for (`Err`: the body is malformed).
+fn decode_pool_change(opcode: Opcode, body: &[u8]) -> Result<Command, Status> {
     let malformed = |_| Status::MalformedBody;
-    Ok(Ok(match opcode {
+    Ok(match opcode {
         Opcode::PoolSetActive => {
             let req = PoolSetActive::decode(body).map_err(malformed)?;
             Command::SetPoolActive { pool: req.pool, active: req.active }
@@ -604,11 +600,8 @@ fn decode_pool_change(opcode: Opcode, body: &[u8]) -> Result<Result<Command, Sta
         }
         Opcode::PoolSetDescription => {
             let req = PoolSetDescription::decode(body).map_err(malformed)?;
-            if !crate::shard::pool::valid_pool_description(&req.description) {
-                return Ok(Err(Status::InvalidDescription));
-            }
             Command::DescribePool { pool: req.pool, description: req.description.into() }
         }
         other => unreachable!("{other:?} is not a pool change"),
-    }))
+    })
 }

@@ -552,8 +552,15 @@ impl CoreRuntime {
         pool_result(self.rpc(0, RpcReq::CreatePool(req)).await)
     }
 
-    /// Asks core 0 to change a pool (a [`Command`] of [`RpcReq::ChangePool`]).
+    /// Asks core 0 to change a pool (a [`Command`] of [`RpcReq::ChangePool`]). An invalid
+    /// description is refused here, before anything is logged: a log record has room for a
+    /// valid one only.
     pub async fn change_pool(self: &Rc<Self>, change: Command) -> Result<PoolInfo, Status> {
+        if let Command::DescribePool { description, .. } = &change {
+            if !crate::shard::pool::valid_pool_description(description) {
+                return Err(Status::InvalidDescription);
+            }
+        }
         pool_result(self.rpc(0, RpcReq::ChangePool(change)).await)
     }
 
@@ -588,7 +595,7 @@ impl CoreRuntime {
     /// counted), flushes the core's counts into the registry, and reports the selected pools.
     fn flush_metrics(&self, selection: &PoolSelection) -> CoreReport {
         let engine = self.engine.borrow();
-        if let Some(broken) = engine.broken_invariant() {
+        if let Some(broken) = engine.accounting_failure() {
             tracing::error!(core = self.core, "invariant check failed: {broken}");
             self.metrics.count_oversell();
         }
@@ -659,13 +666,7 @@ impl CoreRuntime {
                         PoolChange::Rules(rules) => Command::SetPoolRules { pool, rules },
                         PoolChange::Capacity(capacity) => Command::ResizePool { pool, capacity },
                         PoolChange::Rename(name) => Command::RenamePool { pool, name: name.into() },
-                        PoolChange::Describe(text) => {
-                            // Refused before anything is logged, as the binary protocol does.
-                            if !crate::shard::pool::valid_pool_description(&text) {
-                                return ControlResp::Pool(Err((Status::InvalidDescription, done)));
-                            }
-                            Command::DescribePool { pool, description: text.into() }
-                        }
+                        PoolChange::Describe(text) => Command::DescribePool { pool, description: text.into() },
                     };
                     match self.change_pool(command).await {
                         Ok(changed) => info = changed,

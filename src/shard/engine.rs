@@ -1431,16 +1431,13 @@ impl Engine {
 
     /// The first invariant of [`Self::check_invariants`] that does not hold, if any.
     pub fn broken_invariant(&self) -> Option<String> {
+        if let Some(broken) = self.accounting_failure() {
+            return Some(broken);
+        }
         let mut parked = 0;
         for slot in &self.pools {
             let s = &slot.shard;
             let id = slot.def.id;
-            if s.held + s.confirmed > s.capacity {
-                return Some(format!("oversell on pool {id}: {s:?}"));
-            }
-            if (s.capacity + s.lent) as i128 != s.share as i128 + s.borrowed as i128 {
-                return Some(format!("units created or lost on pool {id}: {s:?}"));
-            }
             let home = slot.def.home_core(self.cfg.cores) == self.cfg.core;
             if !home && s.drained && s.available() != 0 {
                 return Some(format!("drained shard of pool {id} keeps free units"));
@@ -1452,6 +1449,21 @@ impl Engine {
             parked += s.waiting.len() as u32;
         }
         (parked != self.parked_total).then(|| format!("{parked} reserves parked, {} counted", self.parked_total))
+    }
+
+    /// The first shard that holds and confirms more units than it has (an oversell), or
+    /// whose units do not add up with those lent and borrowed (units created or lost).
+    pub fn accounting_failure(&self) -> Option<String> {
+        self.pools.iter().find_map(|slot| {
+            let (s, id) = (&slot.shard, slot.def.id);
+            if s.held + s.confirmed > s.capacity {
+                Some(format!("oversell on pool {id}: {s:?}"))
+            } else if (s.capacity + s.lent) as i128 != s.share as i128 + s.borrowed as i128 {
+                Some(format!("units created or lost on pool {id}: {s:?}"))
+            } else {
+                None
+            }
+        })
     }
 
     /// Checks the invariants and, record by record, that each shard's `held` is the sum of
