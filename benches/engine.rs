@@ -186,7 +186,7 @@ fn reserve_release(n: u64) -> Duration {
     assert_eq!(ok, 2 * n, "every reserve and every release answered ok");
     let s = shard(&e);
     assert_eq!((s.held, s.confirmed, s.available()), (0, 0, n));
-    assert_eq!(e.holds_len() as u64, n, "released records are kept for retention");
+    assert_eq!((e.holds_len(), e.retained().0 as u64), (0, n), "released records are kept for retention");
     elapsed
 }
 
@@ -255,7 +255,7 @@ fn expire(n: u64) -> Duration {
     assert_eq!(e.stats().expirations, n, "every hold expired");
     let s = shard(&e);
     assert_eq!((s.held, s.available()), (0, n), "every unit is back");
-    assert_eq!(e.holds_len() as u64, n, "expired records are kept for retention");
+    assert_eq!((e.holds_len(), e.retained().0 as u64), (0, n), "expired records are kept for retention");
     elapsed
 }
 
@@ -359,7 +359,16 @@ fn pool_request(name: &str, capacity: u64) -> PoolCreate {
 
 fn config(cores: u16, holds_max: u64) -> EngineConfig {
     let holds_max = u32::try_from(holds_max + 16).expect("holds_max fits u32");
-    EngineConfig { core: 0, cores, holds_max, parked_max: 1024, retention_ms: RETENTION_MS, pools_max: 4 }
+    EngineConfig {
+        core: 0,
+        cores,
+        holds_max,
+        parked_max: 1024,
+        retention_ms: RETENTION_MS,
+        retention_min_ms: 0,
+        retained_max: holds_max * 4,
+        pools_max: 4,
+    }
 }
 
 /// A 1-core engine with room for `holds` records and one pool of `capacity` units.
@@ -402,7 +411,7 @@ fn warm(e: &mut Engine, pool: u32, n: u64) -> u64 {
     }
     let now = T0 + RETENTION_MS;
     e.apply(now, Command::Tick);
-    assert_eq!((e.holds_len(), shard(e).held), (0, 0), "warm-up records purged");
+    assert_eq!((e.holds_len(), e.retained().0, shard(e).held), (0, 0, 0), "warm-up records purged");
     assert!(!e.has_output(), "the warm-up pool's units were all on this core");
     now
 }

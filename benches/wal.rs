@@ -35,7 +35,16 @@ const T0: u64 = 1_700_000_000_000;
 const SNAPSHOT_CHUNK: usize = 4096;
 
 fn config(holds_max: u32) -> EngineConfig {
-    EngineConfig { core: 0, cores: 1, holds_max, parked_max: 1024, retention_ms: 60_000, pools_max: 4 }
+    EngineConfig {
+        core: 0,
+        cores: 1,
+        holds_max,
+        parked_max: 1024,
+        retention_ms: 60_000,
+        retention_min_ms: 0,
+        retained_max: holds_max * 4,
+        pools_max: 4,
+    }
 }
 
 fn reserve(i: u64) -> Command {

@@ -1188,6 +1188,8 @@ fn command_fields(command: &crate::shard::Command) -> (&'static str, Vec<(&'stat
                 ("parked_max", json!(c.parked_max)),
                 ("retention_ms", json!(c.retention_ms)),
                 ("pools_max", json!(c.pools_max)),
+                ("retention_min_ms", json!(c.retention_min_ms)),
+                ("retained_max", json!(c.retained_max)),
             ],
         ),
     }
@@ -1234,6 +1236,8 @@ mod tests {
             holds_max: 10,
             parked_max: 4,
             retention_ms: 1000,
+            retention_min_ms: 0,
+            retained_max: 10,
             pools_max: 2,
         })
     }
@@ -1383,7 +1387,8 @@ mod tests {
         let rec = Record { lsn: 1, now_ms: 5, command: limits(0, 2) };
         assert_eq!(
             record_text(0, &rec),
-            "core=0 lsn=1 now_ms=5 set_limits core=0 cores=2 holds_max=10 parked_max=4 retention_ms=1000 pools_max=2"
+            "core=0 lsn=1 now_ms=5 set_limits core=0 cores=2 holds_max=10 parked_max=4 retention_ms=1000 pools_max=2 \
+             retention_min_ms=0 retained_max=10"
         );
     }
 }

@@ -149,7 +149,8 @@ pub struct Limits {
     pub forwarded_operations_max_per_core: u32,
     /// Depth of each channel between two cores, in messages. Default `1024`.
     pub mesh_channel_depth_messages: u32,
-    /// Most reservation records (held, and final ones kept for retention) per core.
+    /// Most live holds per core (held reservations; finished ones are kept apart, within
+    /// `retention_bytes_max_per_core`); more are refused `holds_limit_reached`.
     /// Default `4000000`.
     pub holds_max_per_core: u32,
     /// Most reserves per core waiting for capacity borrowed from another core.
@@ -157,12 +158,33 @@ pub struct Limits {
     pub parked_reserves_max_per_core: u32,
     /// Most pools (at most 4,194,303: a hold names its pool in 22 bits). Default `65536`.
     pub pools_max: u32,
-    /// How long a confirmed, released or expired reservation is kept for idempotent repeats
-    /// and lookups, in seconds (at least until its hold would have expired). Default `3600`.
+    /// The longest a confirmed, released or expired reservation is kept for idempotent
+    /// repeats and lookups, in seconds after it finished. Default `3600`.
     pub reservation_retention_s: u64,
+    /// The shortest: a finished reservation is always kept this long after it finished, in
+    /// seconds. When keeping it would need more than `retention_bytes_max_per_core`, new
+    /// reserves are answered `busy` instead. Default `30`: longer than the client library's
+    /// whole retry horizon (4 attempts of 5 s).
+    pub reservation_retention_s_min: u64,
+    /// Memory for finished reservations per core, in bytes: at most 72 bytes each
+    /// (record, commit reference, index), so 1 GiB keeps 14.9 million. The oldest is
+    /// forgotten first when it is full. It must keep at least `holds_max_per_core`
+    /// records (every live hold has a place to finish in). Default `1073741824` (1 GiB).
+    pub retention_bytes_max_per_core: u64,
     /// The retry hint sent with `busy`, in ms. Default `5`.
     pub busy_retry_after_ms: u32,
 }
+
+impl Limits {
+    /// The finished reservations `retention_bytes_max_per_core` keeps per core.
+    pub fn retained_max_per_core(&self) -> u32 {
+        let records = self.retention_bytes_max_per_core / crate::shard::retained::RETAINED_RECORD_BYTES;
+        records.min(RETAINED_MAX as u64) as u32
+    }
+}
+
+/// The most finished reservations a core can keep (the index names them in 31 bits).
+const RETAINED_MAX: u32 = crate::shard::holds::RETAINED - 1;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -177,6 +199,8 @@ impl Default for Limits {
             parked_reserves_max_per_core: 65536,
             pools_max: 65536,
             reservation_retention_s: 3600,
+            reservation_retention_s_min: 30,
+            retention_bytes_max_per_core: 1 << 30,
             busy_retry_after_ms: 5,
         }
     }
@@ -360,6 +384,8 @@ impl Config {
             holds_max: self.limits.holds_max_per_core,
             parked_max: self.limits.parked_reserves_max_per_core,
             retention_ms: self.limits.reservation_retention_s * 1000,
+            retention_min_ms: self.limits.reservation_retention_s_min * 1000,
+            retained_max: self.limits.retained_max_per_core(),
             pools_max: self.limits.pools_max,
         }
     }
@@ -452,6 +478,26 @@ impl Config {
             format!("limits.reservation_retention_s: {} is above 30 days", l.reservation_retention_s),
         );
         check(
+            l.reservation_retention_s_min <= l.reservation_retention_s,
+            format!(
+                "limits.reservation_retention_s_min: {} is above reservation_retention_s {}",
+                l.reservation_retention_s_min, l.reservation_retention_s
+            ),
+        );
+        check(
+            l.retained_max_per_core() >= l.holds_max_per_core,
+            format!(
+                "limits.retention_bytes_max_per_core: {} bytes keep {} finished reservations, fewer than \
+                 holds_max_per_core {} (every live hold needs a place to finish in, {} bytes each): raise \
+                 retention_bytes_max_per_core to at least {} or lower holds_max_per_core",
+                l.retention_bytes_max_per_core,
+                l.retained_max_per_core(),
+                l.holds_max_per_core,
+                crate::shard::retained::RETAINED_RECORD_BYTES,
+                l.holds_max_per_core as u64 * crate::shard::retained::RETAINED_RECORD_BYTES
+            ),
+        );
+        check(
             (1..=60_000).contains(&l.busy_retry_after_ms),
             format!("limits.busy_retry_after_ms: {} is not within 1..=60000", l.busy_retry_after_ms),
         );
@@ -474,7 +520,16 @@ impl Config {
         );
         // Pools are checked by the state machine's own rules, as a creation at runtime is.
         let mut catalog = Engine::new(
-            EngineConfig { core: 0, cores: 1, holds_max: 1, parked_max: 1, retention_ms: 0, pools_max: u32::MAX },
+            EngineConfig {
+                core: 0,
+                cores: 1,
+                holds_max: 1,
+                parked_max: 1,
+                retention_ms: 0,
+                retention_min_ms: 0,
+                retained_max: 1,
+                pools_max: u32::MAX,
+            },
             0,
         );
         for p in &self.pools {

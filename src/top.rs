@@ -47,6 +47,12 @@ pub struct CoreSample {
     pub connections_open: f64,
     /// `shardcap_holds_active`.
     pub holds_active: f64,
+    /// `shardcap_retained_records` (`None`: not exported).
+    pub retained: Option<f64>,
+    /// `shardcap_retention_window_seconds`.
+    pub retention_window_s: f64,
+    /// `shardcap_retention_evictions_total`.
+    pub retention_evictions: f64,
 }
 
 /// One pool's `shardcap_pool_*` gauges, in units.
@@ -117,6 +123,16 @@ impl Scrape {
                         "shardcap_busy_total" => core.busy += value,
                         "shardcap_connections_open" => core.connections_open = value,
                         _ => core.holds_active = value,
+                    }
+                }
+                "shardcap_retained_records"
+                | "shardcap_retention_window_seconds"
+                | "shardcap_retention_evictions_total" => {
+                    let Some(core) = scrape.core(labels) else { continue };
+                    match sample.metric.as_str() {
+                        "shardcap_retained_records" => core.retained = Some(value),
+                        "shardcap_retention_window_seconds" => core.retention_window_s = value,
+                        _ => core.retention_evictions = value,
                     }
                 }
                 "shardcap_oversell_detected_total" => scrape.oversell += units(value),
@@ -190,6 +206,11 @@ pub struct Activity {
     pub connections_open: u64,
     /// Holds active now.
     pub holds_active: u64,
+    /// How far back repeats are recognised now, in seconds: the age of the oldest finished
+    /// reservation kept (`None`: none kept, or not exported). For all cores, the shortest.
+    pub retention_window_s: Option<f64>,
+    /// Finished reservations forgotten before their longest retention, as `operations`.
+    pub retention_evictions: f64,
 }
 
 /// One pool's line of the view.
@@ -270,6 +291,7 @@ impl View {
             let operations = increase(before.operations, now.operations);
             let ok = increase(before.operations_ok, now.operations_ok);
             let busy = increase(before.busy, now.busy);
+            let evictions = increase(before.retention_evictions, now.retention_evictions);
             let buckets = bucket_increase(&before.reserve_buckets, &now.reserve_buckets);
             add_buckets(&mut total_buckets, &buckets);
             for (sum, count) in total_counts.iter_mut().zip([operations, ok, busy]) {
@@ -283,9 +305,16 @@ impl View {
                 p99_reserve: quantile(&buckets, 99),
                 connections_open: units(now.connections_open),
                 holds_active: units(now.holds_active),
+                retention_window_s: now.retained.filter(|&n| n > 0.0).map(|_| now.retention_window_s),
+                retention_evictions: per(evictions),
             };
             total.connections_open += activity.connections_open;
             total.holds_active += activity.holds_active;
+            total.retention_evictions += activity.retention_evictions;
+            total.retention_window_s = match (total.retention_window_s, activity.retention_window_s) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             cores.push((core, activity));
         }
         let [operations, ok, busy] = total_counts;
@@ -403,6 +432,17 @@ pub fn render(frame: &mut Frame, view: &View, source: &str) {
     render_pools(frame, pools, view);
 }
 
+/// How far back repeats are recognised (the shortest window of any core) and how many
+/// finished reservations were forgotten early.
+fn retention_text(view: &View) -> String {
+    let window = view.total.retention_window_s.map_or("–".to_string(), |s| format!("{s:.0} s"));
+    let evicted = match view.span {
+        Span::PerSecond(_) => format!("{}/s", rate_text(view.total.retention_evictions)),
+        Span::SinceStart => format!("{:.0}", view.total.retention_evictions),
+    };
+    format!("repeats kept {window} back, {evicted} evicted early")
+}
+
 /// A table's frame: a border with a title, a blank column inside each side.
 fn table_block(title: String) -> Block<'static> {
     Block::bordered().title(title).padding(Padding::horizontal(1))
@@ -456,6 +496,7 @@ fn render_cores(frame: &mut Frame, area: Rect, view: &View) {
         }
     };
     let [ops, refused, busy] = counted;
+    let title = format!("{title}· {} ", retention_text(view));
     let names = ["core", ops, "ok", refused, busy, "p99 reserve", "conns", "holds"];
     let header = names.iter().enumerate().map(|(i, name)| cell(*name, i > 0));
     let count = |v: f64| match view.span {
@@ -771,6 +812,8 @@ shardcap_connections_open{core="1"} 9
 # TYPE shardcap_holds_active gauge
 shardcap_holds_active{core="0"} 300
 shardcap_holds_active{core="1"} 200
+# TYPE shardcap_retention_evictions_total counter
+shardcap_retention_evictions_total{core="0"} 1000
 # TYPE shardcap_oversell_detected_total counter
 shardcap_oversell_detected_total{core="0"} 0
 shardcap_oversell_detected_total{core="1"} 0
@@ -836,6 +879,15 @@ shardcap_connections_open{core="1"} 11
 # TYPE shardcap_holds_active gauge
 shardcap_holds_active{core="0"} 340
 shardcap_holds_active{core="1"} 180
+# TYPE shardcap_retained_records gauge
+shardcap_retained_records{core="0"} 9000
+shardcap_retained_records{core="1"} 0
+# TYPE shardcap_retention_window_seconds gauge
+shardcap_retention_window_seconds{core="0"} 31.2
+shardcap_retention_window_seconds{core="1"} 0
+# TYPE shardcap_retention_evictions_total counter
+shardcap_retention_evictions_total{core="0"} 1500
+shardcap_retention_evictions_total{core="1"} 0
 # TYPE shardcap_oversell_detected_total counter
 shardcap_oversell_detected_total{core="0"} 0
 shardcap_oversell_detected_total{core="1"} 2
@@ -924,6 +976,8 @@ shardcap_ready 1
             p99_reserve: Some(Latency::AtMost(0.001)),
             connections_open: 15,
             holds_active: 340,
+            retention_window_s: Some(31.2),
+            retention_evictions: 500.0,
         };
         let core1 = Activity {
             operations: 500.0,
@@ -933,6 +987,9 @@ shardcap_ready 1
             p99_reserve: Some(Latency::AtMost(0.005)),
             connections_open: 11,
             holds_active: 180,
+            // Nothing kept: no window to show.
+            retention_window_s: None,
+            retention_evictions: 0.0,
         };
         let total = Activity {
             operations: 1750.0,
@@ -942,6 +999,8 @@ shardcap_ready 1
             p99_reserve: Some(Latency::AtMost(0.0025)),
             connections_open: 26,
             holds_active: 520,
+            retention_window_s: Some(31.2),
+            retention_evictions: 500.0,
         };
         let expected = View {
             span: Span::PerSecond(Duration::from_secs(1)),
@@ -1023,6 +1082,8 @@ shardcap_ready 1
         assert_eq!(words_of_row(&text, "0"), ["0", "1250", "80.0%", "250", "10.0", "≤", "1", "ms", "15", "340"]);
         assert_eq!(words_of_row(&text, "1"), ["1", "500", "90.0%", "50.0", "20.0", "≤", "5", "ms", "11", "180"]);
         assert_eq!(words_of_row(&text, "all"), ["all", "1750", "82.9%", "300", "30.0", "≤", "2.5", "ms", "26", "520"]);
+        // The retention: the shortest window of a core that keeps records, and evictions.
+        assert!(text.contains("repeats kept 31 s back, 500/s evicted early"), "{text}");
         assert!(text.contains("pools: 2 of 3 exported"), "{text}");
         assert_eq!(words_of_row(&text, "pool"), ["pool", "capacity", "held", "confirmed", "available", "taken"]);
         // On 120 columns the bar has its widest, 40 cells, 92% of them filled.

@@ -115,7 +115,16 @@ const CHUNK_RECORDS: usize = 8;
 const SETTLE_DELIVERIES_MAX: usize = 200_000;
 
 fn limits(core: u16, cores: u16) -> EngineConfig {
-    EngineConfig { core, cores, holds_max: 4_096, parked_max: 64, retention_ms: RETENTION_MS, pools_max: 8 }
+    EngineConfig {
+        core,
+        cores,
+        holds_max: 4_096,
+        parked_max: 64,
+        retention_ms: RETENTION_MS,
+        retention_min_ms: 0,
+        retained_max: 16384,
+        pools_max: 8,
+    }
 }
 
 /// A segment's bytes as the log writer leaves them on disk: its records followed by

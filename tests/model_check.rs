@@ -67,7 +67,16 @@ fn ttl(n: u8) -> u32 {
 }
 
 fn config() -> EngineConfig {
-    EngineConfig { core: 0, cores: 1, holds_max: 10_000, parked_max: 10_000, retention_ms: RETENTION_MS, pools_max: 16 }
+    EngineConfig {
+        core: 0,
+        cores: 1,
+        holds_max: 10_000,
+        parked_max: 10_000,
+        retention_ms: RETENTION_MS,
+        retention_min_ms: 0,
+        retained_max: 40000,
+        pools_max: 16,
+    }
 }
 
 fn pool_request(n: usize, capacity: u64) -> PoolCreate {

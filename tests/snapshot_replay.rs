@@ -115,7 +115,7 @@ proptest! {
         seed in any::<u64>(),
     ) {
         let mut pick = picker(seed);
-        let template = EngineConfig { core: 0, cores, holds_max: 64, parked_max: 64, retention_ms: 700, pools_max: 4 };
+        let template = EngineConfig { core: 0, cores, holds_max: 64, parked_max: 64, retention_ms: 700, retention_min_ms: 0, retained_max: 256, pools_max: 4 };
         let mut c = Cluster::new(cores, template, START_MS);
         for (i, &capacity) in capacities.iter().enumerate() {
             let req = PoolCreate {
@@ -165,7 +165,16 @@ proptest! {
 /// reports it as a corrupt file) instead of aborting the server.
 #[test]
 fn a_snapshot_that_breaks_an_invariant_is_refused_with_a_reason() {
-    let template = EngineConfig { core: 0, cores: 2, holds_max: 64, parked_max: 64, retention_ms: 700, pools_max: 4 };
+    let template = EngineConfig {
+        core: 0,
+        cores: 2,
+        holds_max: 64,
+        parked_max: 64,
+        retention_ms: 700,
+        retention_min_ms: 0,
+        retained_max: 256,
+        pools_max: 4,
+    };
     let mut c = Cluster::new(2, template, START_MS);
     let req = PoolCreate {
         name: "p".into(),

@@ -78,7 +78,16 @@ const BOB: u128 = 0xB0B;
 // ----- configuration -------------------------------------------------------------------------
 
 fn config(holds_max: u32, parked_max: u32, pools_max: u32) -> EngineConfig {
-    EngineConfig { core: 0, cores: 1, holds_max, parked_max, retention_ms: RETENTION, pools_max }
+    EngineConfig {
+        core: 0,
+        cores: 1,
+        holds_max,
+        parked_max,
+        retention_ms: RETENTION,
+        retention_min_ms: 0,
+        retained_max: holds_max * 4,
+        pools_max,
+    }
 }
 
 fn pool_request(name: &str, capacity: u64) -> PoolCreate {
@@ -106,7 +115,16 @@ fn engine(holds_max: u32, capacities: &[u64]) -> Engine {
 
 /// A cluster of `cores` cores with one pool (id 1, home core `1 % cores`) of `capacity`.
 fn cluster(cores: u16, parked_max: u32, capacity: u64) -> Cluster {
-    let template = EngineConfig { core: 0, cores, holds_max: 1_000, parked_max, retention_ms: RETENTION, pools_max: 4 };
+    let template = EngineConfig {
+        core: 0,
+        cores,
+        holds_max: 1_000,
+        parked_max,
+        retention_ms: RETENTION,
+        retention_min_ms: 0,
+        retained_max: 4000,
+        pools_max: 4,
+    };
     let mut c = Cluster::new(cores, template, T0);
     let info = c.create_pool(&pool_request("pool-1", capacity)).expect("valid pool");
     assert_eq!((info.id, info.home_core), (1, 1 % cores));
@@ -331,7 +349,7 @@ fn reserve_statuses_and_precedence() {
 }
 
 #[test]
-fn holds_limit_counts_retained_records_until_they_are_purged() {
+fn holds_limit_counts_live_holds_only() {
     let mut e = engine(2, &[10]);
     #[rustfmt::skip]
     let rows = [
@@ -339,11 +357,15 @@ fn holds_limit_counts_retained_records_until_they_are_purged() {
         row(0,     reserve(1, ALICE, 1, 1, 0),     S::Ok,                 HELD,     0,     1_000,   &[(1, 0, 9)]),
         row(0,     reserve(2, ALICE, 1, 1, 0),     S::Ok,                 HELD,     0,     1_000,   &[(2, 0, 8)]),
         row(0,     reserve(3, ALICE, 1, 1, 0),     S::HoldsLimitReached,  NONE,     0,     0,       &[(2, 0, 8)]),
-        // A released record still takes its place until it is purged at max(1_000, 100 + 2_000).
+        // A finished reservation leaves the live holds at once: its record is kept apart.
         row(100,   release(1, ALICE),              S::Ok,                 RELEASED, 0,     0,       &[(1, 0, 9)]),
-        row(100,   reserve(3, ALICE, 1, 1, 0),     S::HoldsLimitReached,  NONE,     0,     0,       &[(1, 0, 9)]),
-        row(2_099, reserve(3, ALICE, 1, 1, 0),     S::HoldsLimitReached,  NONE,     0,     0,       &[(0, 0, 10)]),
-        row(2_100, reserve(3, ALICE, 1, 1, 0),     S::Ok,                 HELD,     0,     3_100,   &[(1, 0, 9)]),
+        row(100,   reserve(3, ALICE, 1, 1, 0),     S::Ok,                 HELD,     0,     1_100,   &[(2, 0, 8)]),
+        row(100,   confirm(2, ALICE, 0),           S::Ok,                 CONFIRMED, 0,    0,       &[(1, 1, 8)]),
+        row(100,   reserve(4, ALICE, 1, 1, 0),     S::Ok,                 HELD,     0,     1_100,   &[(2, 1, 7)]),
+        row(100,   reserve(5, ALICE, 1, 1, 0),     S::HoldsLimitReached,  NONE,     0,     0,       &[(2, 1, 7)]),
+        // ... and is still recognised.
+        row(100,   release(1, ALICE),              S::Ok,                 RELEASED, REPEAT, 0,      &[(2, 1, 7)]),
+        row(100,   reserve(2, ALICE, 1, 1, 0),     S::Ok,                 CONFIRMED, REPEAT, 0,     &[(2, 1, 7)]),
     ];
     run(&mut e, &rows);
 }
@@ -676,18 +698,18 @@ fn extend_moves_expiry_later_and_never_earlier() {
         row(7_098, confirm(1, BOB, 0),              S::NotFound,    NONE,      0,     0,       &[(2, 0, 8)]),
         row(7_098, lookup(1, ALICE),                S::Ok,          HELD,      0,     7_099,   &[(2, 0, 8)]),
         row(7_099, extend(1, ALICE, TTL_MAX),       S::Expired,     EXPIRED,   0,     0,       &[(0, 0, 10)]),
-        // An extended hold that is confirmed is kept until its (extended) expiry.
+        // A confirmed hold is kept for the retention after its confirm, whatever its expiry.
         row(7_100, reserve(2, ALICE, 1, 1, 100),    S::Ok,          HELD,      0,     7_200,   &[(1, 0, 9)]),
         row(7_100, extend(2, ALICE, 4_000),         S::Ok,          HELD,      0,     11_100,  &[(1, 0, 9)]),
         row(7_200, confirm(2, ALICE, 3),            S::Ok,          CONFIRMED, 0,     0,       &[(0, 1, 9)]),
-        row(11_099, lookup(2, ALICE),               S::Ok,          CONFIRMED, 0,     11_100,  &[(0, 1, 9)]).lookup(1, 3),
-        row(11_100, lookup(2, ALICE),               S::NotFound,    NONE,      0,     0,       &[(0, 1, 9)]),
+        row(9_199, lookup(2, ALICE),                S::Ok,          CONFIRMED, 0,     9_200,   &[(0, 1, 9)]).lookup(1, 3),
+        row(9_200, lookup(2, ALICE),                S::NotFound,    NONE,      0,     0,       &[(0, 1, 9)]),
     ];
     run(&mut e, &rows);
 }
 
 #[test]
-fn retention_keeps_final_records_until_the_later_of_expiry_and_finish_plus_retention() {
+fn retention_keeps_final_records_for_the_retention_after_they_finish() {
     let mut e = engine(16, &[10]);
     #[rustfmt::skip]
     let rows = [
@@ -695,25 +717,25 @@ fn retention_keeps_final_records_until_the_later_of_expiry_and_finish_plus_reten
         row(0,     reserve(1, ALICE, 1, 1, 0),       S::Ok,      HELD,      0,      1_000,   &[(1, 0, 9)]),
         row(0,     reserve(2, ALICE, 1, 2, TTL_MAX), S::Ok,      HELD,      0,      5_000,   &[(3, 0, 7)]),
         row(0,     reserve(3, ALICE, 1, 3, 500),     S::Ok,      HELD,      0,      500,     &[(6, 0, 4)]),
-        // id 1 confirmed at 100: kept until max(1_000, 100 + 2_000) = 2_100.
+        // id 1 confirmed at 100: kept until 100 + 2_000 = 2_100.
         row(100,   confirm(1, ALICE, 11),            S::Ok,      CONFIRMED, 0,      0,       &[(5, 1, 4)]),
-        // id 2 released at 100: kept until max(5_000, 2_100) = 5_000.
+        // id 2 released at 100: kept until 2_100 too, although its hold ran until 5_000.
         row(100,   release(2, ALICE),                S::Ok,      RELEASED,  0,      0,       &[(3, 1, 6)]),
         // id 3 expires at 500: kept until 500 + 2_000 = 2_500. Lookups read without
         // ticking: its units come back with the confirm at 2_099.
         row(500,   lookup(3, ALICE),                 S::Ok,      EXPIRED,   0,      2_500,   &[(3, 1, 6)]),
         row(2_099, lookup(1, ALICE),                 S::Ok,      CONFIRMED, 0,      2_100,   &[(3, 1, 6)]).lookup(1, 11),
         row(2_099, confirm(1, ALICE, 11),            S::Ok,      CONFIRMED, REPEAT, 0,       &[(0, 1, 9)]),
+        row(2_099, release(2, ALICE),                S::Ok,      RELEASED,  REPEAT, 0,       &[(0, 1, 9)]),
+        row(2_099, lookup(2, ALICE),                 S::Ok,      RELEASED,  0,      2_100,   &[(0, 1, 9)]).lookup(2, 0),
         row(2_100, lookup(1, ALICE),                 S::NotFound, NONE,     0,      0,       &[(0, 1, 9)]),
         row(2_100, confirm(1, ALICE, 11),            S::NotFound, NONE,     0,      0,       &[(0, 1, 9)]),
+        row(2_100, release(2, ALICE),                S::NotFound, NONE,     0,      0,       &[(0, 1, 9)]),
         // The id is free again (the confirmed unit stays confirmed).
         row(2_100, reserve(1, ALICE, 1, 4, 0),       S::Ok,      HELD,      0,      3_100,   &[(4, 1, 5)]),
         row(2_499, reserve(3, ALICE, 1, 3, 500),     S::Ok,      EXPIRED,   REPEAT, 0,       &[(4, 1, 5)]),
         row(2_500, lookup(3, ALICE),                 S::NotFound, NONE,     0,      0,       &[(4, 1, 5)]),
         row(2_500, reserve(3, ALICE, 1, 3, 500),     S::Ok,      HELD,      0,      3_000,   &[(7, 1, 2)]),
-        row(4_999, release(2, ALICE),                S::Ok,      RELEASED,  REPEAT, 0,       &[(0, 1, 9)]),
-        row(4_999, lookup(2, ALICE),                 S::Ok,      RELEASED,  0,      5_000,   &[(0, 1, 9)]).lookup(2, 0),
-        row(5_000, release(2, ALICE),                S::NotFound, NONE,     0,      0,       &[(0, 1, 9)]),
         row(5_000, reserve(2, ALICE, 1, 9, 0),       S::Ok,      HELD,      0,      6_000,   &[(9, 1, 0)]),
     ];
     run(&mut e, &rows);
@@ -844,8 +866,8 @@ fn single_core_sold_out_is_answered_done_not_parked() {
         let s = e.shard_snapshot(1).expect("pool 1");
         assert_eq!((s.flags, s.parked), (flags, 0), "row {i}: shard (flags, parked)");
     }
-    // The refused reserves left no record: ids 1 (released), 4 and 6.
-    assert_eq!(e.holds_len(), 3);
+    // The refused reserves left no record: ids 4 and 6 are held, 1 (released) is kept.
+    assert_eq!((e.holds_len(), e.retained().0), (2, 1));
 }
 
 // ----- multi-core runner -------------------------------------------------------------------------
@@ -1286,8 +1308,16 @@ fn an_expiry_on_a_drained_shard_sends_the_units_home() {
 #[test]
 fn a_recalled_shard_returns_and_borrows_exactly_before_it_answers() {
     // 2 cores, driven by hand; pool 1 (80 units) is homed on core 1; each core starts with 40.
-    let template =
-        EngineConfig { core: 0, cores: 2, holds_max: 100, parked_max: 16, retention_ms: RETENTION, pools_max: 4 };
+    let template = EngineConfig {
+        core: 0,
+        cores: 2,
+        holds_max: 100,
+        parked_max: 16,
+        retention_ms: RETENTION,
+        retention_min_ms: 0,
+        retained_max: 400,
+        pools_max: 4,
+    };
     let mut e: Vec<Engine> = (0..2).map(|core| Engine::new(EngineConfig { core, ..template }, T0)).collect();
     let def = e[0].validate_pool_create(&pool_request("pool-1", 80)).expect("valid pool");
     for engine in &mut e {

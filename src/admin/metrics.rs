@@ -9,7 +9,9 @@
 use std::cell::{Cell, RefCell};
 
 use prometheus::local::LocalHistogram;
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 use crate::protocol::Status;
 
@@ -95,6 +97,11 @@ pub struct Metrics {
     connections_open: IntGaugeVec,
     holds_active: IntGaugeVec,
     reservation_records: IntGaugeVec,
+    retained_records: IntGaugeVec,
+    retention_window: GaugeVec,
+    retention_evictions: IntCounterVec,
+    retention_forced: IntCounterVec,
+    retention_busy: IntCounterVec,
     /// Number of pools.
     pub pools: IntGauge,
     /// Capacity of the exported pools.
@@ -117,6 +124,12 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntC
 
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn float_gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
     registry.register(Box::new(g.clone())).expect("unique metric");
     g
 }
@@ -223,7 +236,37 @@ impl Metrics {
             reservation_records: gauge(
                 &r,
                 "shardcap_reservation_records",
-                "Reservation records in the core's table: held, and final ones kept for repeats.",
+                "Reservation records of the core: live holds, and finished ones kept for repeats.",
+                core,
+            ),
+            retained_records: gauge(
+                &r,
+                "shardcap_retained_records",
+                "Finished reservations (confirmed, released, expired) kept for repeats and lookups.",
+                core,
+            ),
+            retention_window: float_gauge(
+                &r,
+                "shardcap_retention_window_seconds",
+                "Age of the oldest finished reservation kept: how far back a repeat is recognised now.",
+                core,
+            ),
+            retention_evictions: counter(
+                &r,
+                "shardcap_retention_evictions_total",
+                "Finished reservations forgotten before reservation_retention_s to make room (oldest first).",
+                core,
+            ),
+            retention_forced: counter(
+                &r,
+                "shardcap_retention_forced_total",
+                "Finished reservations younger than reservation_retention_s_min forgotten (only after limits were lowered).",
+                core,
+            ),
+            retention_busy: counter(
+                &r,
+                "shardcap_retention_busy_total",
+                "Reserves answered busy to keep reservation_retention_s_min within the retention budget.",
                 core,
             ),
             pools: plain_gauge(&r, "shardcap_pools", "Pools."),
@@ -297,6 +340,11 @@ impl Metrics {
                 connections_open: self.connections_open.with_label_values(&[&label]),
                 holds_active: self.holds_active.with_label_values(&[&label]),
                 reservation_records: self.reservation_records.with_label_values(&[&label]),
+                retained_records: self.retained_records.with_label_values(&[&label]),
+                retention_window: self.retention_window.with_label_values(&[&label]),
+                retention_evictions: one(&self.retention_evictions),
+                retention_forced: one(&self.retention_forced),
+                retention_busy: one(&self.retention_busy),
                 operations_vec: self.operations.clone(),
                 label,
             }
@@ -347,6 +395,11 @@ struct CoreSeries {
     connections_open: IntGauge,
     holds_active: IntGauge,
     reservation_records: IntGauge,
+    retained_records: IntGauge,
+    retention_window: Gauge,
+    retention_evictions: IntCounter,
+    retention_forced: IntCounter,
+    retention_busy: IntCounter,
 }
 
 fn bump(c: &Cell<u64>, by: u64) {
@@ -385,8 +438,18 @@ pub struct CoreTotals {
     pub connections_open: u64,
     /// Reservations held now.
     pub holds_active: u64,
-    /// Reservation records in the table.
+    /// Reservation records: live holds and finished ones.
     pub reservation_records: u64,
+    /// Finished reservations kept.
+    pub retained_records: u64,
+    /// Age of the oldest finished reservation kept, in ms (0: none).
+    pub retention_window_ms: u64,
+    /// Finished reservations forgotten early to make room.
+    pub retention_evictions: u64,
+    /// Finished reservations younger than the minimum forgotten.
+    pub retention_forced: u64,
+    /// Reserves answered busy for the retention budget.
+    pub retention_busy: u64,
 }
 
 impl CoreMetrics {
@@ -462,6 +525,11 @@ impl CoreMetrics {
         out.connections_open.set(totals.connections_open as i64);
         out.holds_active.set(totals.holds_active as i64);
         out.reservation_records.set(totals.reservation_records as i64);
+        out.retained_records.set(totals.retained_records as i64);
+        out.retention_window.set(totals.retention_window_ms as f64 / 1000.0);
+        catch_up(&out.retention_evictions, totals.retention_evictions);
+        catch_up(&out.retention_forced, totals.retention_forced);
+        catch_up(&out.retention_busy, totals.retention_busy);
         self.reserve_latency.flush();
         self.confirm_latency.flush();
         self.batch_operations.flush();

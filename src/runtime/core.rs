@@ -601,6 +601,8 @@ impl CoreRuntime {
         }
         let stats = engine.stats();
         let (lent, borrowed) = engine.units_moved();
+        let (retained, oldest_ms) = engine.retained();
+        let now_ms = self.clock.now_ms();
         self.metrics.flush(&CoreTotals {
             frames: self.counters.frames.get(),
             forwarded_out: self.counters.forwarded_out.get(),
@@ -612,7 +614,12 @@ impl CoreRuntime {
             log_bytes: self.log.stats().bytes,
             connections_open: self.counters.connections_open.get(),
             holds_active: engine.held_count(),
-            reservation_records: engine.holds_len() as u64,
+            reservation_records: engine.holds_len() as u64 + retained as u64,
+            retained_records: retained as u64,
+            retention_window_ms: oldest_ms.map_or(0, |t| now_ms.saturating_sub(t)),
+            retention_evictions: stats.retention_evictions,
+            retention_forced: stats.retention_forced,
+            retention_busy: stats.retention_busy,
         });
         let ids: Vec<u32> = match selection {
             PoolSelection::Named(names) => names.iter().filter_map(|n| engine.pool_id(n)).collect(),

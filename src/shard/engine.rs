@@ -40,6 +40,7 @@ use std::collections::{HashMap, VecDeque};
 
 use super::holds::{HOLD_POOL_ID_MAX, HOLD_QTY_MAX, Hold, HoldSnap, HoldTable};
 use super::pool::{Bank, BankMode, Demand, POOL_CAPACITY_MAX, Parked, PoolDef, PoolSlot, Shard};
+use super::retained::Record;
 use super::snapshot::{DemandSnap, LinkSnap, MsgSnap, ParkedSnap, PoolSnap, SNAPSHOT_FORMAT, SnapshotHead};
 use super::users::{RECENT_EVENTS, Refusal, UserEvent, UserPool, UserState, Users};
 use super::wheel::TimerWheel;
@@ -58,13 +59,19 @@ pub struct EngineConfig {
     pub core: u16,
     /// Number of cores (shards per pool).
     pub cores: u16,
-    /// Most reservation records (held and retained) on this core.
+    /// Most live holds on this core.
     pub holds_max: u32,
     /// Most reserves waiting for borrowed capacity on this core.
     pub parked_max: u32,
-    /// How long a final reservation (confirmed, released, expired) is kept for idempotent
-    /// repeats and lookups, in ms.
+    /// The longest a finished reservation (confirmed, released, expired) is kept for
+    /// idempotent repeats and lookups, in ms.
     pub retention_ms: u64,
+    /// The shortest: a finished reservation younger than this is never forgotten to make
+    /// room (a reserve is answered `busy` instead), in ms.
+    pub retention_min_ms: u64,
+    /// Most finished reservations kept on this core (from the retention memory budget); at
+    /// least `holds_max`, since every live hold has a place to finish in.
+    pub retained_max: u32,
     /// Most pools.
     pub pools_max: u32,
 }
@@ -270,6 +277,14 @@ pub struct EngineStats {
     pub borrow_messages: u64,
     /// Holds expired.
     pub expirations: u64,
+    /// Finished reservations forgotten before `retention_ms` to make room (each older than
+    /// `retention_min_ms`).
+    pub retention_evictions: u64,
+    /// Finished reservations younger than `retention_min_ms` forgotten because the limits
+    /// were lowered below what the core held (never otherwise).
+    pub retention_forced: u64,
+    /// Reserves answered `busy` because keeping `retention_min_ms` needed the room.
+    pub retention_busy: u64,
 }
 
 enum Attempt {
@@ -310,7 +325,7 @@ impl Engine {
             cfg,
             pools: Vec::new(),
             names: HashMap::new(),
-            holds: HoldTable::with_capacity(cfg.holds_max),
+            holds: HoldTable::with_capacity(cfg.holds_max, cfg.retained_max),
             users: Users::with_retention(cfg.retention_ms),
             wheel: TimerWheel::new(now_ms),
             outbox: Vec::new(),
@@ -348,9 +363,15 @@ impl Engine {
         (self.units_lent, self.units_borrowed)
     }
 
-    /// Reservation records on this core.
+    /// Live holds on this core (held reservations, not the finished ones kept).
     pub fn holds_len(&self) -> u32 {
         self.holds.len()
+    }
+
+    /// Finished reservations kept on this core, and when the oldest of them finished.
+    pub fn retained(&self) -> (u32, Option<u64>) {
+        let ring = self.holds.ring();
+        (ring.len(), ring.front().map(|(_, r)| r.finished_at_ms()))
     }
 
     /// Applies one command at time `now_ms`.
@@ -379,7 +400,7 @@ impl Engine {
                 Outcome::None
             }
             Command::SetLimits(cfg) => {
-                self.set_limits(cfg);
+                self.set_limits(now_ms, cfg);
                 Outcome::None
             }
             Command::Tick => {
@@ -419,9 +440,17 @@ impl Engine {
     }
 
     /// Changes the limits (core and core count stay as they are).
-    fn set_limits(&mut self, cfg: EngineConfig) {
+    fn set_limits(&mut self, now_ms: u64, cfg: EngineConfig) {
         assert_eq!((cfg.core, cfg.cores), (self.cfg.core, self.cfg.cores), "a core keeps its place");
-        self.holds.set_capacity(cfg.holds_max);
+        let dropped = self.holds.set_capacity(cfg.holds_max, cfg.retained_max);
+        let now_ms = now_ms.max(self.last_now_ms);
+        for r in dropped {
+            if r.finished_at_ms() + cfg.retention_min_ms > now_ms {
+                self.stats.retention_forced += 1;
+            } else {
+                self.stats.retention_evictions += 1;
+            }
+        }
         self.users.retention_ms = cfg.retention_ms;
         self.cfg = cfg;
     }
@@ -713,7 +742,9 @@ impl Engine {
     /// Reserve. Statuses in order of precedence: `invalid_id`, `invalid_user`,
     /// `invalid_quantity`, `pool_not_found`, `wrong_pool_kind`, `invalid_ttl`, then for an id
     /// already in use `id_exists_with_different_pool` / `_user` / `_quantity` or an `ok`
-    /// repeat, then `pool_inactive`, `holds_limit_reached`, then the pool's rules
+    /// repeat, then `pool_inactive`, `holds_limit_reached`, `busy` (no place to keep the
+    /// hold's record once it finishes without forgetting one younger than
+    /// `retention_min_ms`; `expires_at_ms` says when one frees), then the pool's rules
     /// (`admit`), and then capacity: held if the shard has the units (and no reserve
     /// is waiting before it); `sold_out` at once on the home core of a drained pool; `busy`
     /// if the core's waiting line is full; otherwise the reserve waits for borrowed units
@@ -723,7 +754,7 @@ impl Engine {
     pub fn reserve(&mut self, now_ms: u64, op: &ReserveOp) -> Reply {
         self.tick(now_ms);
         self.stats.operations += 1;
-        let p = match self.precheck_reserve(op) {
+        let p = match self.precheck_reserve(now_ms, op) {
             Ok(p) => p,
             Err(result) => return Reply::Done(result),
         };
@@ -771,7 +802,7 @@ impl Engine {
     }
 
     /// Checks everything but capacity; `Ok(pool index)` when the reserve may take units.
-    fn precheck_reserve(&self, op: &ReserveOp) -> Result<usize, OpResult> {
+    fn precheck_reserve(&mut self, now_ms: u64, op: &ReserveOp) -> Result<usize, OpResult> {
         let refuse = |s| Err(OpResult::status(s));
         if op.id == 0 {
             return refuse(Status::InvalidId);
@@ -810,7 +841,33 @@ impl Engine {
         if self.holds.is_full() {
             return refuse(Status::HoldsLimitReached);
         }
+        self.retention_room(now_ms)?;
         Ok(p)
+    }
+
+    /// Makes sure one more hold has a place in the ring of finished reservations once it
+    /// finishes: every live hold keeps one, so a confirm, release or expiry never has to
+    /// forget a record younger than `retention_min_ms`. Forgets the oldest records, if older
+    /// than that, as needed; otherwise the reserve is answered `busy`, with the time the
+    /// oldest record may go.
+    fn retention_room(&mut self, now_ms: u64) -> Result<(), OpResult> {
+        loop {
+            let ring = self.holds.ring();
+            if self.held_count + (ring.len() as u64) < ring.capacity() as u64 {
+                return Ok(());
+            }
+            match ring.front() {
+                Some((_, r)) if r.finished_at_ms() + self.cfg.retention_min_ms <= now_ms => {
+                    self.holds.forget_oldest();
+                    self.stats.retention_evictions += 1;
+                }
+                front => {
+                    self.stats.retention_busy += 1;
+                    let free_at = front.map_or(0, |(_, r)| r.finished_at_ms() + self.cfg.retention_min_ms);
+                    return Err(OpResult { expires_at_ms: free_at, ..OpResult::status(Status::Busy) });
+                }
+            }
+        }
     }
 
     /// The pool's rules for a new reserve (checked once, when it arrives; a reserve that
@@ -890,7 +947,7 @@ impl Engine {
     /// Decides a reserve against this shard alone: done (held, or refused by a precheck),
     /// or short of units.
     fn attempt(&mut self, now_ms: u64, p: usize, op: &ReserveOp) -> Attempt {
-        if let Err(result) = self.precheck_reserve(op) {
+        if let Err(result) = self.precheck_reserve(now_ms, op) {
             return Attempt::Done(result);
         }
         self.take(now_ms, p, op)
@@ -979,17 +1036,15 @@ impl Engine {
             ReservationState::Released => self.result_of(slot, Status::AlreadyReleased),
             ReservationState::Expired => self.result_of(slot, Status::Expired),
             ReservationState::Held => {
-                let h = *self.holds.get(slot);
+                let h = self.holds.get(slot);
                 let p = self.pool_index(h.pool()).expect("hold of a known pool");
                 let shard = &mut self.pools[p].shard;
                 shard.held -= h.qty() as u64;
                 shard.confirmed += h.qty() as u64;
                 let note = event(h.id(), now_ms, h.qty(), ReservationState::Confirmed);
                 self.count_user(now_ms, p, h.user(), [-(h.qty() as i64), h.qty() as i64, 0, 0, 0], note);
-                self.finish(now_ms, slot, ReservationState::Confirmed);
-                if op.commit_ref != 0 {
-                    self.holds.set_commit_ref(slot, op.commit_ref);
-                }
+                self.wheel.remove(slot, &mut self.holds);
+                let slot = self.finish(now_ms, slot, ReservationState::Confirmed, op.commit_ref);
                 self.result_of(slot, Status::Ok)
             }
             ReservationState::None => unreachable!("indexed records are never in state none"),
@@ -1011,7 +1066,8 @@ impl Engine {
             ReservationState::Confirmed => self.result_of(slot, Status::AlreadyConfirmed),
             ReservationState::Expired => self.result_of(slot, Status::Expired),
             ReservationState::Held => {
-                let p = self.give_back(now_ms, slot, ReservationState::Released);
+                self.wheel.remove(slot, &mut self.holds);
+                let (p, slot) = self.give_back(now_ms, slot, ReservationState::Released);
                 self.pump(now_ms, p);
                 self.result_of(slot, Status::Ok)
             }
@@ -1062,11 +1118,14 @@ impl Engine {
         if op.user != 0 && h.user() != op.user {
             return LookupResult::status(Status::NotFound);
         }
+        // A finished record's time is when it finished; it is kept until `retention_ms` after
+        // that at the latest.
         let (state, when_ms) = match h.state() {
             ReservationState::Held if h.when_ms() <= now_ms => {
                 (ReservationState::Expired, h.when_ms() + self.cfg.retention_ms)
             }
-            state => (state, h.when_ms()),
+            ReservationState::Held => (ReservationState::Held, h.when_ms()),
+            state => (state, h.when_ms() + self.cfg.retention_ms),
         };
         if state.is_final() && when_ms <= now_ms {
             return LookupResult::status(Status::NotFound);
@@ -1088,27 +1147,42 @@ impl Engine {
         r
     }
 
-    /// Moves a held reservation to a final state. The record is kept until the hold would
-    /// have expired or for the retention period, whichever ends later (it is still filed in
-    /// the wheel at its expiry; when that comes up it is filed again at this time).
-    fn finish(&mut self, now_ms: u64, slot: u32, state: ReservationState) {
-        let h = self.holds.get_mut(slot);
-        debug_assert_eq!(h.state(), ReservationState::Held, "only a held reservation is finished");
-        h.set_state(state);
+    /// Moves a held reservation (already out of the wheel) to a final state: its record
+    /// leaves the live holds for the ring of finished reservations, where it is kept at
+    /// least `retention_min_ms` and at most `retention_ms` ([`Self::retention_room`] kept a
+    /// place for it). Answers its new slot.
+    fn finish(&mut self, now_ms: u64, slot: u32, state: ReservationState, commit_ref: u128) -> u32 {
+        debug_assert_eq!(self.holds.get(slot).state(), ReservationState::Held, "only a held reservation is finished");
         self.held_count -= 1;
-        h.set_when_ms(h.when_ms().max(now_ms + self.cfg.retention_ms));
+        let ring = self.holds.ring();
+        if ring.len() >= ring.capacity() {
+            // Only after the limits were lowered below what the core keeps.
+            let forgotten = self.holds.forget_oldest().expect("a full ring has records");
+            if forgotten.finished_at_ms() + self.cfg.retention_min_ms > now_ms {
+                self.stats.retention_forced += 1;
+            } else {
+                self.stats.retention_evictions += 1;
+            }
+        }
+        self.holds.finish(slot, state, now_ms, commit_ref)
     }
 
-    /// Returns a held reservation's units to its shard; answers the pool index.
-    fn give_back(&mut self, now_ms: u64, slot: u32, state: ReservationState) -> usize {
-        let h = *self.holds.get(slot);
+    /// Returns a held reservation's units to its shard (the hold is out of the wheel);
+    /// answers the pool index and the record's new slot.
+    fn give_back(&mut self, now_ms: u64, slot: u32, state: ReservationState) -> (usize, u32) {
+        let h = self.holds.get(slot);
         let p = self.pool_index(h.pool()).expect("hold of a known pool");
         self.pools[p].shard.held -= h.qty() as u64;
         let q = h.qty() as i64;
         let delta = if state == ReservationState::Expired { [-q, 0, 0, 0, q] } else { [-q, 0, 0, q, 0] };
         self.count_user(now_ms, p, h.user(), delta, event(h.id(), now_ms, h.qty(), state));
-        self.finish(now_ms, slot, state);
-        p
+        (p, self.finish(now_ms, slot, state, 0))
+    }
+
+    /// True if the oldest finished reservation is past `retention_ms` at `now_ms`.
+    fn purge_due(&self, now_ms: u64) -> bool {
+        let front = self.holds.ring().front();
+        front.is_some_and(|(_, r)| r.finished_at_ms() + self.cfg.retention_ms <= now_ms)
     }
 
     /// Expires due holds, purges records past retention and drops idle per-user entries.
@@ -1116,31 +1190,30 @@ impl Engine {
         self.last_now_ms = self.last_now_ms.max(now_ms);
         let pools = &self.pools;
         self.users.sweep(now_ms, |pool| pools.get(pool as usize - 1).map(|slot| slot.def.rules));
+        while self.purge_due(now_ms) {
+            self.holds.forget_oldest();
+        }
         if !self.wheel.may_have_due(now_ms) {
             return;
         }
         let mut expiring = std::mem::take(&mut self.expiring);
         while let Some(slot) = self.wheel.next_due(now_ms, &mut self.holds) {
-            let h = *self.holds.get(slot);
+            let h = self.holds.get(slot);
+            debug_assert_eq!(h.state(), ReservationState::Held, "only live holds are filed");
             if h.when_ms() > now_ms {
                 self.wheel.insert(slot, h.when_ms(), &mut self.holds);
                 continue;
             }
-            match h.state() {
-                ReservationState::Held => expiring.push((h.when_ms(), h.id(), slot)),
-                _ => self.holds.remove(slot),
-            }
+            expiring.push((h.when_ms(), h.id(), slot));
         }
         // Holds that expire together are given back in an order that depends only on what
         // they are (deadline, then id), not on how the wheel filed them: a log replayed into
         // a state restored from a snapshot must send the same messages as the original.
         expiring.sort_unstable();
         for &(when, _, slot) in &expiring {
-            // Expired at exactly its deadline; kept until deadline + retention.
-            let p = self.give_back(when, slot, ReservationState::Expired);
+            // Expired at exactly its deadline: it finished then.
+            let (p, _) = self.give_back(when, slot, ReservationState::Expired);
             self.stats.expirations += 1;
-            let purge_at = self.holds.get(slot).when_ms();
-            self.wheel.insert(slot, purge_at, &mut self.holds);
             self.pump(now_ms, p);
         }
         expiring.clear();
@@ -1150,7 +1223,7 @@ impl Engine {
     /// True if time `now_ms` may expire holds, purge records or drop idle per-user entries:
     /// a [`Command::Tick`] then changes the state (and a log must record it).
     pub fn tick_due(&self, now_ms: u64) -> bool {
-        self.wheel.may_have_due(now_ms) || self.users.sweep_due(now_ms)
+        self.wheel.may_have_due(now_ms) || self.users.sweep_due(now_ms) || self.purge_due(now_ms)
     }
 
     // ----- borrowing -------------------------------------------------------------------------
@@ -1619,10 +1692,19 @@ impl Engine {
             holds_max: c.holds_max,
             parked_max: c.parked_max,
             retention_ms: c.retention_ms,
+            retention_min_ms: c.retention_min_ms,
+            retained_max: c.retained_max,
             pools_max: c.pools_max,
             last_now_ms: self.last_now_ms,
             next_ticket: self.next_ticket,
-            stats: [self.stats.operations, self.stats.borrow_messages, self.stats.expirations],
+            stats: [
+                self.stats.operations,
+                self.stats.borrow_messages,
+                self.stats.expirations,
+                self.stats.retention_evictions,
+                self.stats.retention_forced,
+                self.stats.retention_busy,
+            ],
             pools,
             links,
             users: self.users.sorted(),
@@ -1649,13 +1731,23 @@ impl Engine {
         let cfg = EngineConfig {
             core: head.core,
             cores: head.cores,
-            holds_max: head.holds_max.max(records.len() as u32),
+            holds_max: head.holds_max,
             parked_max: head.parked_max,
             retention_ms: head.retention_ms,
+            retention_min_ms: head.retention_min_ms,
+            retained_max: head.retained_max,
             pools_max: head.pools_max,
         };
+        if cfg.retained_max < cfg.holds_max
+            || cfg.retained_max >= super::holds::RETAINED
+            || cfg.holds_max >= super::holds::RETAINED
+        {
+            return Err(format!(
+                "snapshot limits out of range: {} live holds, {} finished",
+                cfg.holds_max, cfg.retained_max
+            ));
+        }
         let mut e = Engine::new(cfg, head.last_now_ms);
-        e.cfg.holds_max = head.holds_max;
         for (i, p) in head.pools.iter().enumerate() {
             let kind = PoolKind::from_u8(p.kind).ok_or_else(|| format!("pool {}: kind {}", p.id, p.kind))?;
             if p.id as usize != i + 1 {
@@ -1727,22 +1819,41 @@ impl Engine {
             }
         }
         e.users = Users::restore(&head.users, head.retention_ms);
-        let [operations, borrow_messages, expirations] = head.stats;
-        e.stats = EngineStats { operations, borrow_messages, expirations };
+        let [operations, borrow_messages, expirations, retention_evictions, retention_forced, retention_busy] =
+            head.stats;
+        e.stats = EngineStats {
+            operations,
+            borrow_messages,
+            expirations,
+            retention_evictions,
+            retention_forced,
+            retention_busy,
+        };
+        // Live holds come first, then the finished reservations oldest first (their order in
+        // the ring, which decides which one is forgotten first).
+        let mut finished_at = 0;
         for r in records {
             let state = ReservationState::from_u8(r.state).filter(|s| *s != ReservationState::None);
             let state = state.ok_or_else(|| format!("reservation {:x}: state {}", r.id, r.state))?;
             if e.pool_index(r.pool).is_none() || r.qty == 0 || r.qty > HOLD_QTY_MAX || e.holds.find(r.id).is_some() {
                 return Err(format!("reservation {:x} is not consistent with the snapshot", r.id));
             }
-            let mut hold = Hold::new(r.id, r.user, r.pool, r.qty, r.when_ms);
-            hold.set_state(state);
-            e.held_count += (state == ReservationState::Held) as u64;
-            let slot = e.holds.insert(hold).ok_or("more reservations than holds_max")?;
-            if r.commit_ref != 0 {
-                e.holds.set_commit_ref(slot, r.commit_ref);
+            if state == ReservationState::Held {
+                if !e.holds.ring().is_empty() || r.commit_ref != 0 {
+                    return Err(format!("reservation {:x}: a live hold out of place", r.id));
+                }
+                e.held_count += 1;
+                let slot = e.holds.insert(Hold::new(r.id, r.user, r.pool, r.qty, r.when_ms));
+                let slot = slot.ok_or("more live holds than holds_max")?;
+                e.wheel.insert(slot, r.when_ms, &mut e.holds);
+            } else {
+                let ring = e.holds.ring();
+                if ring.len() >= ring.capacity() || r.when_ms < finished_at {
+                    return Err(format!("reservation {:x}: finished records out of order or too many", r.id));
+                }
+                finished_at = r.when_ms;
+                e.holds.retain(Record::new(r.id, r.user, r.pool, r.qty, state, r.when_ms), r.commit_ref);
             }
-            e.wheel.insert(slot, r.when_ms, &mut e.holds);
         }
         match e.audit_failure() {
             Some(broken) => Err(format!("the snapshot breaks an invariant: {broken}")),

@@ -3,7 +3,8 @@
 //! - [`engine`]: one core's state, `apply(now, command) -> outcome`, and the borrowing
 //!   protocol between cores.
 //! - [`pool`]: pool definitions, shards and the home core's borrowing state.
-//! - [`holds`]: the reservation table (slab + index, allocated once).
+//! - [`holds`]: the reservation table (live holds in a slab, one index, allocated once).
+//! - [`retained`]: finished reservations kept for repeats, in a ring sized from a budget.
 //! - [`huge`]: large tables on 2 MiB pages.
 //! - [`users`]: per-user state of pools with per-user rules (limits, rates).
 //! - [`wheel`]: the timing wheel that expires holds without scanning them.
@@ -18,6 +19,7 @@ pub mod holds;
 pub mod huge;
 pub mod model;
 pub mod pool;
+pub mod retained;
 pub mod snapshot;
 pub mod users;
 pub mod wheel;

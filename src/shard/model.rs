@@ -132,7 +132,8 @@ impl Model {
         let retention = self.retention_ms;
         let r = self.records.get_mut(&key).expect("record");
         r.state = state;
-        r.when_ms = r.when_ms.max(now_ms + retention);
+        // Kept `retention` after it finished (the model's budget never runs out).
+        r.when_ms = now_ms + retention;
     }
 
     /// Reserve (see [`crate::shard::Engine::reserve`] for the order of precedence).

@@ -9,7 +9,7 @@ pub use super::users::UserPool;
 use crate::protocol::control::PoolRules;
 
 /// The version of this format.
-pub const SNAPSHOT_FORMAT: u32 = 5;
+pub const SNAPSHOT_FORMAT: u32 = 6;
 
 /// Everything but the reservation records.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,23 +25,29 @@ pub struct SnapshotHead {
     pub holds_max: u32,
     /// Most parked reserves.
     pub parked_max: u32,
-    /// Retention of final records, in ms.
+    /// Longest retention of finished records, in ms.
     pub retention_ms: u64,
+    /// Shortest retention of finished records, in ms.
+    pub retention_min_ms: u64,
+    /// Most finished records kept.
+    pub retained_max: u32,
     /// Most pools.
     pub pools_max: u32,
     /// The latest time the state machine had seen.
     pub last_now_ms: u64,
     /// The next ticket for a parked reserve.
     pub next_ticket: u64,
-    /// Counters: operations, borrowing messages, expirations.
-    pub stats: [u64; 3],
+    /// Counters: operations, borrowing messages, expirations, and finished reservations
+    /// evicted, forced out and refused room ([`super::EngineStats`]).
+    pub stats: [u64; 6],
     /// Pools in id order.
     pub pools: Vec<PoolSnap>,
     /// Links with every core (this one's entry unused), by core index.
     pub links: Vec<LinkSnap>,
     /// Per-user entries of pools with per-user rules, by pool and user.
     pub users: Vec<UserPool>,
-    /// How many reservation records follow.
+    /// How many reservation records follow: the live holds, then the finished ones oldest
+    /// first (their `when_ms` is when they finished).
     pub records: u64,
 }
 

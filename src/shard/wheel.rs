@@ -8,9 +8,15 @@
 //! (six levels reach 2.2 years; later deadlines wait in the last slot and are re-filed).
 //! Advancing takes the earliest due slot and hands its entries back one by one; the caller
 //! either fires an entry (its deadline has passed) or files it again, which moves it to a
-//! lower level. Entries are never unlinked early: a hold that is extended, confirmed or
-//! released stays filed, and the caller looks at the record when its slot comes up. Each
-//! entry is therefore in exactly one slot list at a time, and no operation scans all holds.
+//! lower level. The lists are doubly linked, so an entry can be taken out early in O(1)
+//! ([`TimerWheel::remove`]: a hold that is confirmed or released leaves the wheel, and its
+//! slot is free at once). A hold that is extended stays filed at its old deadline, and the
+//! caller files it again when that slot comes up. Each entry is in exactly one list at a
+//! time, and no operation scans all holds.
+//!
+//! The `prev` link of the first entry of a list names the list instead of an entry: a value
+//! from [`ENTRY_MAX`] + 1 up (one per slot of every level, and one for the list of entries
+//! being handed back).
 
 /// The "no entry" link value.
 pub const NIL: u32 = u32::MAX;
@@ -18,13 +24,27 @@ const BITS: u32 = 6;
 const SLOTS: usize = 1 << BITS;
 const LEVELS: usize = 6;
 const MAX_DELTA: u64 = (1u64 << (BITS as usize * LEVELS)) - 1;
+/// The list of entries taken from a due slot, after the slots of every level.
+const DRAINING_LIST: u32 = (LEVELS * SLOTS) as u32;
+/// The largest entry index the wheel can file: the values above it (but [`NIL`]) name lists.
+pub const ENTRY_MAX: u32 = NIL - 2 - DRAINING_LIST;
 
-/// Link storage the wheel threads its lists through: entry `i` has one `next` link.
+/// The `prev` value of the first entry of list `list`.
+fn list_tag(list: u32) -> u32 {
+    ENTRY_MAX + 1 + list
+}
+
+/// Link storage the wheel threads its lists through: entry `i` has a `next` and a `prev`
+/// link.
 pub trait Links {
-    /// The link of entry `i`.
+    /// The next entry of entry `i`'s list.
     fn next(&self, i: u32) -> u32;
-    /// Sets the link of entry `i`.
+    /// Sets the next entry of entry `i`'s list.
     fn set_next(&mut self, i: u32, next: u32);
+    /// The entry before entry `i` in its list, or the list's tag if `i` is its first.
+    fn prev(&self, i: u32) -> u32;
+    /// Sets the entry before entry `i`.
+    fn set_prev(&mut self, i: u32, prev: u32);
 }
 
 /// The wheel itself: slot heads and occupancy bitmaps; the entries are elsewhere.
@@ -75,7 +95,13 @@ impl TimerWheel {
         let when = when_ms.clamp(self.elapsed, self.elapsed + MAX_DELTA);
         let level = level_for(self.elapsed, when);
         let slot = ((when >> (level as u32 * BITS)) as usize) & (SLOTS - 1);
-        links.set_next(i, self.heads[level][slot]);
+        debug_assert!(i <= ENTRY_MAX, "entry index out of range");
+        let head = self.heads[level][slot];
+        links.set_next(i, head);
+        links.set_prev(i, list_tag((level * SLOTS + slot) as u32));
+        if head != NIL {
+            links.set_prev(head, i);
+        }
         self.heads[level][slot] = i;
         self.occupied[level] |= 1 << slot;
         self.len += 1;
@@ -90,6 +116,9 @@ impl TimerWheel {
             if self.draining != NIL {
                 let i = self.draining;
                 self.draining = links.next(i);
+                if self.draining != NIL {
+                    links.set_prev(self.draining, list_tag(DRAINING_LIST));
+                }
                 links.set_next(i, NIL);
                 self.len -= 1;
                 return Some(i);
@@ -97,6 +126,7 @@ impl TimerWheel {
             match self.earliest_slot() {
                 Some((level, slot, deadline)) if deadline <= now_ms => {
                     self.draining = self.heads[level][slot];
+                    links.set_prev(self.draining, list_tag(DRAINING_LIST));
                     self.heads[level][slot] = NIL;
                     self.occupied[level] &= !(1 << slot);
                     self.elapsed = self.elapsed.max(deadline);
@@ -108,6 +138,31 @@ impl TimerWheel {
                 }
             }
         }
+    }
+
+    /// Takes entry `i`, which is filed, out of the wheel.
+    pub fn remove(&mut self, i: u32, links: &mut impl Links) {
+        let (prev, next) = (links.prev(i), links.next(i));
+        if prev <= ENTRY_MAX {
+            links.set_next(prev, next);
+        } else {
+            let list = prev - ENTRY_MAX - 1;
+            if list == DRAINING_LIST {
+                self.draining = next;
+            } else {
+                let (level, slot) = (list as usize / SLOTS, list as usize % SLOTS);
+                debug_assert_eq!(self.heads[level][slot], i, "the first entry of its list");
+                self.heads[level][slot] = next;
+                if next == NIL {
+                    self.occupied[level] &= !(1 << slot);
+                }
+            }
+        }
+        if next != NIL {
+            links.set_prev(next, prev);
+        }
+        links.set_next(i, NIL);
+        self.len -= 1;
     }
 
     /// The earliest occupied slot: (level, slot, deadline). Any occupied slot at a lower
@@ -153,7 +208,13 @@ mod tests {
 
     struct Store {
         next: Vec<u32>,
+        prev: Vec<u32>,
         when: Vec<u64>,
+    }
+    impl Store {
+        fn new(when: Vec<u64>) -> Store {
+            Store { next: vec![NIL; when.len()], prev: vec![NIL; when.len()], when }
+        }
     }
     impl Links for Store {
         fn next(&self, i: u32) -> u32 {
@@ -161,6 +222,12 @@ mod tests {
         }
         fn set_next(&mut self, i: u32, next: u32) {
             self.next[i as usize] = next;
+        }
+        fn prev(&self, i: u32) -> u32 {
+            self.prev[i as usize]
+        }
+        fn set_prev(&mut self, i: u32, prev: u32) {
+            self.prev[i as usize] = prev;
         }
     }
 
@@ -185,12 +252,40 @@ mod tests {
         let deltas = [1u64, 2, 63, 64, 65, 4095, 4096, 4097, 262_143, 262_144, 16_777_216, 1 << 33];
         for &d in &deltas {
             let mut w = TimerWheel::new(start);
-            let mut s = Store { next: vec![NIL], when: vec![start + d] };
+            let mut s = Store::new(vec![start + d]);
             w.insert(0, start + d, &mut s);
             assert!(fire(&mut w, &mut s, start + d - 1).is_empty(), "delta {d} fired early");
             assert_eq!(fire(&mut w, &mut s, start + d), vec![0], "delta {d} not fired on time");
             assert!(w.is_empty());
         }
+    }
+
+    #[test]
+    fn removes_first_middle_last_and_while_draining() {
+        let start = 10_000u64;
+        // Entries 0..6 share one level-0 slot; 6 and 7 are on higher levels.
+        let mut when = vec![start + 5; 6];
+        when.extend([start + 70_000, start + 9_000_000]);
+        let mut s = Store::new(when.clone());
+        let mut w = TimerWheel::new(start);
+        for (i, &t) in when.iter().enumerate() {
+            w.insert(i as u32, t, &mut s);
+        }
+        // Filed last, 5 heads its list; 0 is its last entry.
+        w.remove(5, &mut s);
+        w.remove(2, &mut s);
+        w.remove(0, &mut s);
+        w.remove(7, &mut s);
+        assert_eq!(w.len(), 4);
+        // Start handing back the due slot, then take one out of the list being handed back.
+        let first = w.next_due(start + 5, &mut s).unwrap();
+        assert_eq!(first, 4);
+        w.remove(1, &mut s);
+        assert_eq!(w.next_due(start + 5, &mut s), Some(3));
+        assert_eq!(w.next_due(start + 5, &mut s), None);
+        assert_eq!(fire(&mut w, &mut s, start + 70_000), vec![6]);
+        assert!(w.is_empty());
+        assert_eq!(fire(&mut w, &mut s, start + 20_000_000), Vec::<u32>::new());
     }
 
     #[test]
@@ -205,7 +300,7 @@ mod tests {
         };
         let start = 5_000u64;
         let n = 2000;
-        let mut s = Store { next: vec![NIL; n], when: vec![0; n] };
+        let mut s = Store::new(vec![0; n]);
         let mut w = TimerWheel::new(start);
         let mut now = start;
         let mut pending: Vec<u32> = Vec::new();
@@ -219,6 +314,11 @@ mod tests {
                     pending.push(next_id);
                     next_id += 1;
                 }
+            }
+            // Take a random pending entry out early now and then (a confirm or release).
+            if !pending.is_empty() && rnd(3) == 0 {
+                let i = pending.swap_remove(rnd(pending.len() as u64) as usize);
+                w.remove(i, &mut s);
             }
             now += rnd(20_000);
             let fired = fire(&mut w, &mut s, now);

@@ -15,7 +15,7 @@
 //! | 6    | peer message    | from u16, seq u64, the 24-byte message                      |
 //! | 7    | create pool     | id u32, kind u8, active u8, capacity u64, ttl default u32, ttl max u32, name length u8, name, rules (48 bytes) |
 //! | 8    | set pool active | pool u32, active u8                                         |
-//! | 9    | set limits      | core u16, cores u16, holds_max u32, parked_max u32, retention_ms u64, pools_max u32 |
+//! | 9    | set limits      | core u16, cores u16, holds_max u32, parked_max u32, retention_ms u64, pools_max u32, retention_min_ms u64, retained_max u32 |
 //! | 10   | set pool rules  | pool u32, rules (48 bytes, as in the protocol's `PoolRules`) |
 //! | 11   | resize pool     | pool u32, capacity u64                                      |
 //! | 12   | recall pool     | pool u32                                                    |
@@ -157,6 +157,8 @@ pub fn encode(lsn: u64, now_ms: u64, command: &Command, out: &mut Vec<u8>) {
             out.extend_from_slice(&c.parked_max.to_le_bytes());
             out.extend_from_slice(&c.retention_ms.to_le_bytes());
             out.extend_from_slice(&c.pools_max.to_le_bytes());
+            out.extend_from_slice(&c.retention_min_ms.to_le_bytes());
+            out.extend_from_slice(&c.retained_max.to_le_bytes());
         }
         Command::Lookup(_) | Command::PeerAck { .. } => unreachable!(),
     }
@@ -297,7 +299,7 @@ fn decode_command(kind: u8, f: &[u8]) -> Option<Command> {
             }
         }
         KIND_SET_LIMITS => {
-            exactly(24)?;
+            exactly(36)?;
             Command::SetLimits(EngineConfig {
                 core: u16_at(0)?,
                 cores: u16_at(2)?,
@@ -305,6 +307,8 @@ fn decode_command(kind: u8, f: &[u8]) -> Option<Command> {
                 parked_max: u32_at(8)?,
                 retention_ms: u64_at(12)?,
                 pools_max: u32_at(20)?,
+                retention_min_ms: u64_at(24)?,
+                retained_max: u32_at(32)?,
             })
         }
         _ => return None,
@@ -321,7 +325,16 @@ mod tests {
     const NOW: u64 = 1_700_000_000_123;
 
     fn limits() -> EngineConfig {
-        EngineConfig { core: 1, cores: 3, holds_max: 1000, parked_max: 64, retention_ms: 60_000, pools_max: 16 }
+        EngineConfig {
+            core: 1,
+            cores: 3,
+            holds_max: 1000,
+            parked_max: 64,
+            retention_ms: 60_000,
+            retention_min_ms: 0,
+            retained_max: 4000,
+            pools_max: 16,
+        }
     }
 
     fn pool_def(name: &str) -> PoolDef {
@@ -379,7 +392,7 @@ mod tests {
             (Command::RenamePool { pool: 6, name: "x".repeat(64).into() }, 16 + 9 + 5 + 64),
             (Command::DescribePool { pool: 7, description: "é".repeat(64).into() }, 16 + 9 + 5 + 128),
             (Command::DescribePool { pool: 7, description: "".into() }, 16 + 9 + 5),
-            (Command::SetLimits(limits()), 16 + 9 + 24),
+            (Command::SetLimits(limits()), 16 + 9 + 36),
             (Command::SetPoolRules { pool: 5, rules }, 16 + 9 + 52),
             (Command::SetPoolRules { pool: 6, rules: PoolRules::default() }, 16 + 9 + 52),
             // A refused change (a rate without a burst) is logged and read back too.

@@ -247,7 +247,16 @@ mod tests {
     const T0: u64 = 1_700_000_000_000;
 
     fn limits(core: u16, cores: u16) -> EngineConfig {
-        EngineConfig { core, cores, holds_max: 100, parked_max: 8, retention_ms: 60_000, pools_max: 4 }
+        EngineConfig {
+            core,
+            cores,
+            holds_max: 100,
+            parked_max: 8,
+            retention_ms: 60_000,
+            retention_min_ms: 0,
+            retained_max: 400,
+            pools_max: 4,
+        }
     }
 
     fn user(n: u128) -> u128 {

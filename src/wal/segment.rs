@@ -11,10 +11,11 @@ use super::record::{self, Record};
 
 /// The first bytes of every segment written by this version; the last byte is the format
 /// version.
-pub const SEGMENT_MAGIC: [u8; 8] = *b"SCWAL\0\0\x04";
-/// The oldest format version read: version 4 only added record kinds (pool capacity
-/// changes, recalls, renames and descriptions) to version 3.
-pub const SEGMENT_VERSION_OLDEST: u8 = 3;
+pub const SEGMENT_MAGIC: [u8; 8] = *b"SCWAL\0\0\x05";
+/// The oldest format version read. Version 5 keeps finished reservations apart from live
+/// holds, within a memory budget, and its set-limits record carries that budget: a log of
+/// version 4 or older would replay under other retention rules than it was written with.
+pub const SEGMENT_VERSION_OLDEST: u8 = 5;
 /// Size of the segment header.
 pub const SEGMENT_HEADER_SIZE: usize = 32;
 
@@ -230,7 +231,7 @@ mod tests {
     fn header_round_trips_with_its_documented_layout() {
         let h = SegmentHeader { core: 3, cores: 8, first_lsn: 0x0102_0304_0506_0708 };
         let b = h.encode();
-        assert_eq!(&b[0..8], b"SCWAL\0\0\x04");
+        assert_eq!(&b[0..8], b"SCWAL\0\0\x05");
         assert_eq!(&b[8..10], &3u16.to_le_bytes());
         assert_eq!(&b[10..12], &8u16.to_le_bytes());
         assert_eq!(&b[12..16], &[0; 4]);
@@ -238,12 +239,15 @@ mod tests {
         assert_eq!(&b[24..28], &crc32c::crc32c(&b[0..24]).to_le_bytes());
         assert_eq!(&b[28..32], &[0; 4]);
         assert_eq!(SegmentHeader::decode(&b, &path()).expect("decodes"), h);
-        // A version-3 header (same layout, fewer record kinds) is still read.
-        let mut v3 = b;
-        v3[7] = 3;
-        let crc = crc32c::crc32c(&v3[0..24]);
-        v3[24..28].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(SegmentHeader::decode(&v3, &path()).expect("version 3 decodes"), h);
+        // A version-4 header (same layout, other retention rules) is refused, by name.
+        let mut v4 = b;
+        v4[7] = 4;
+        let crc = crc32c::crc32c(&v4[0..24]);
+        v4[24..28].copy_from_slice(&crc.to_le_bytes());
+        match SegmentHeader::decode(&v4, &path()) {
+            Err(WalError::Corrupt { reason, .. }) => assert!(reason.contains("log format version 4"), "{reason}"),
+            other => panic!("version 4: {other:?}"),
+        }
     }
 
     #[test]
@@ -259,7 +263,7 @@ mod tests {
         bad_stored_crc[24] ^= 0x80;
         let cases: [(&[u8], &str); 5] = [
             (&bad_magic, "bad magic"),
-            (&bad_version, "log format version 1, this server reads versions 3 to 4"),
+            (&bad_version, "log format version 1, this server reads versions 5 to 5"),
             (&bad_crc, "checksum mismatch"),
             (&bad_stored_crc, "checksum mismatch"),
             (&good[..31], "shorter than a segment header"),

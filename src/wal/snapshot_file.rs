@@ -19,7 +19,7 @@ use crate::shard::snapshot::{HoldSnap, SnapshotHead};
 
 /// The first bytes of every snapshot file; the last byte is the format
 /// ([`crate::shard::snapshot::SNAPSHOT_FORMAT`]), readable before the archive is.
-pub const SNAPSHOT_MAGIC: [u8; 8] = *b"SCSNAP\0\x05";
+pub const SNAPSHOT_MAGIC: [u8; 8] = *b"SCSNAP\0\x06";
 const _: () = assert!(SNAPSHOT_MAGIC[7] as u32 == crate::shard::snapshot::SNAPSHOT_FORMAT);
 const PREFIX_SIZE: usize = 24;
 const CHUNK_PREFIX_SIZE: usize = 16;
@@ -145,8 +145,16 @@ mod tests {
 
     /// Core 1 of 2 holding `holds` reservations (some confirmed, some released) in two pools.
     fn engine(holds: u32) -> Engine {
-        let cfg =
-            EngineConfig { core: 1, cores: 2, holds_max: 1000, parked_max: 16, retention_ms: 60_000, pools_max: 8 };
+        let cfg = EngineConfig {
+            core: 1,
+            cores: 2,
+            holds_max: 1000,
+            parked_max: 16,
+            retention_ms: 60_000,
+            retention_min_ms: 0,
+            retained_max: 4000,
+            pools_max: 8,
+        };
         let mut e = Engine::new(cfg, NOW);
         for (name, capacity) in [("seats", 1000), ("stock", 500)] {
             let req = PoolCreate {
@@ -171,7 +179,7 @@ mod tests {
                 _ => crate::shard::Outcome::None,
             };
         }
-        assert_eq!(e.holds_len(), holds);
+        assert_eq!(e.holds_len() + e.retained().0, holds, "every reservation is live or kept");
         e
     }
 
@@ -272,7 +280,7 @@ mod tests {
         let mut older = bytes.clone();
         older[7] = 2;
         let expected =
-            "snapshot file version 2, this server reads version 5 (bad magic; another version of the server wrote it)";
+            "snapshot file version 2, this server reads version 6 (bad magic; another version of the server wrote it)";
         assert_eq!(corrupt_at(decode(&older, &path())), (0, expected.into()));
     }
 
