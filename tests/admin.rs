@@ -403,6 +403,9 @@ fn admin_endpoints_answer_and_refuse() {
     let bare = http(admin, "POST", "/v1/pools", t, Some(r#"{"name": "flash", "capacity": 500}"#));
     assert_eq!(bare.status, 200, "{}", bare.body);
     assert_eq!(bare.json()["description"], "Friday sale", "a repeat without a description keeps the pool's");
+    let described = r#"{"name": "flash", "capacity": 500, "description": "Friday"}"#;
+    let redescribed = http(admin, "POST", "/v1/pools", t, Some(described));
+    assert_eq!((redescribed.status, redescribed.json()["description"].as_str()), (200, Some("Friday")));
     assert_eq!(get(admin, "/v1/pools").json()["pools"].as_array().unwrap().len(), 2);
     let again = http(admin, "POST", "/v1/pools", t, Some(r#"{"name": "flash", "capacity": 7}"#));
     assert_eq!((again.status, again.code().as_str()), (409, "pool_exists"));
