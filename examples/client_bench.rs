@@ -55,6 +55,10 @@ struct Args {
 fn main() {
     let args = Args::parse();
     let mut c = shardcap::client::Client::connect(args.server.as_str()).expect("connect");
+    // Creating the pool needs the admin token on a server that has one.
+    if let Ok(token) = std::env::var("SHARDCAP_ADMIN_TOKEN") {
+        c.authenticate(&token).expect("auth").expect("the server takes SHARDCAP_ADMIN_TOKEN");
+    }
     if c.pool_id(&args.pool).expect("pool lookup").is_none() {
         let req = PoolCreate {
             name: args.pool.clone(),

@@ -196,6 +196,10 @@ async fn main() -> Result<(), BoxError> {
 /// The pool named `name`, created with `capacity` units if it does not exist.
 fn create_or_find_pool(server: &str, name: &str, capacity: u64) -> Result<PoolInfo, BoxError> {
     let mut admin = Client::connect(server)?;
+    // Creating a pool needs the admin token on a server that has one.
+    if let Ok(token) = std::env::var("SHARDCAP_ADMIN_TOKEN") {
+        admin.authenticate(&token)?.map_err(|status| format!("SHARDCAP_ADMIN_TOKEN: {status}"))?;
+    }
     if let Some(existing) = admin.pool_list()?.into_iter().find(|p| p.name == name) {
         return Ok(existing);
     }

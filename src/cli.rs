@@ -2,8 +2,10 @@
 //! data directory's logs and snapshots offline (they never change it); `top` reads the
 //! admin port's metrics over HTTP (`--admin URL`); the other subcommands are clients of the
 //! binary protocol. Every client subcommand takes `--server
-//! ADDR` (or the `SHARDCAP_SERVER` environment variable) and `--json` (one JSON object per
-//! result on stdout); the `wal` subcommands take `--data-dir DIR` and `--json`.
+//! ADDR` (or the `SHARDCAP_SERVER` environment variable), `--json` (one JSON object per
+//! result on stdout) and `--token` (or `SHARDCAP_ADMIN_TOKEN`: the admin token, shown with
+//! an `auth` frame before a command that changes a pool); the `wal` subcommands take
+//! `--data-dir DIR` and `--json`.
 //!
 //! Exit codes: 0 success; 1 the server refused the operation (the status is named, e.g.
 //! `sold_out`), or a data directory's log or snapshot is damaged or belongs to another
@@ -104,6 +106,11 @@ pub struct ServeArgs {
     /// OS-chosen; "": off).
     #[arg(long)]
     pub admin_listen: Option<String>,
+    /// Start on a non-loopback --listen address without an admin token, leaving pool
+    /// changes on the data ports open to anyone who can connect
+    /// (`server.insecure_open_control`).
+    #[arg(long)]
+    pub insecure_open_control: bool,
 }
 
 /// Flags shared by client subcommands.
@@ -115,6 +122,11 @@ pub struct ClientArgs {
     /// Print one JSON object per result.
     #[arg(long)]
     pub json: bool,
+    /// The server's admin token, shown before a command that changes a pool (create,
+    /// rules, activate, deactivate, resize, rename, describe); needed when the server has
+    /// one.
+    #[arg(long, env = "SHARDCAP_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 /// A pool's rules as flags; a rule not given is not applied.
@@ -498,6 +510,9 @@ pub fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(listen) = &args.admin_listen {
         config.admin.listen = listen.clone();
     }
+    if args.insecure_open_control {
+        config.server.insecure_open_control = true;
+    }
     if let Ok(token) = std::env::var("SHARDCAP_ADMIN_TOKEN") {
         config.admin.token = token;
     }
@@ -607,6 +622,24 @@ fn connect(args: &ClientArgs) -> Result<Client, Failure> {
     Client::connect(args.server.as_str()).map_err(|e| usage(format!("cannot reach {}: {e}", args.server)))
 }
 
+/// A connection for a command that changes a pool: it shows the token first, if one is
+/// given (a server without a token accepts any).
+fn connect_operator(args: &ClientArgs) -> Result<Client, Failure> {
+    let mut c = connect(args)?;
+    if let Some(token) = args.token.as_deref().filter(|t| !t.is_empty()) {
+        if let Err(status) = c.authenticate(token).map_err(|e| usage(e.to_string()))? {
+            if args.json {
+                println!("{}", json!({"status": status.name()}));
+            }
+            return Err(Failure {
+                code: 1,
+                message: format!("the server refused the admin token (--token or SHARDCAP_ADMIN_TOKEN): {status}"),
+            });
+        }
+    }
+    Ok(c)
+}
+
 fn parse_reservation_id(text: &str) -> Result<u128, Failure> {
     parse_id(text).ok_or_else(|| usage(format!("'{text}' is not a reservation id (a UUID or 32 hex digits)")))
 }
@@ -629,7 +662,17 @@ fn target(c: &mut Client, args: &IdArgs) -> Result<(u128, u128), Failure> {
 }
 
 fn refused_if(status: Status, what: &str) -> Result<(), Failure> {
-    if status == Status::Ok { Ok(()) } else { Err(Failure { code: 1, message: format!("{what} refused: {status}") }) }
+    match status {
+        Status::Ok => Ok(()),
+        Status::Unauthorized => Err(Failure {
+            code: 1,
+            message: format!(
+                "{what} refused: {status} (the server needs its admin token for pool changes: set \
+                 SHARDCAP_ADMIN_TOKEN or pass --token)"
+            ),
+        }),
+        _ => Err(Failure { code: 1, message: format!("{what} refused: {status}") }),
+    }
 }
 
 fn now_ms() -> u64 {
@@ -803,7 +846,7 @@ fn print_status(status: &PoolStatus) {
 fn pool_command(cmd: PoolCommand) -> Result<(), Failure> {
     match cmd {
         PoolCommand::Create { name, capacity, hold_ttl_s, hold_ttl_s_max, inactive, rules, client } => {
-            let mut c = connect(&client)?;
+            let mut c = connect_operator(&client)?;
             let req = PoolCreate {
                 name: name.clone(),
                 capacity,
@@ -874,7 +917,7 @@ fn pool_command(cmd: PoolCommand) -> Result<(), Failure> {
             Ok(())
         }
         PoolCommand::Rules { pool, rules, client } => {
-            let mut c = connect(&client)?;
+            let mut c = connect_operator(&client)?;
             let id = resolve_pool(&mut c, &pool)?.id;
             print_pool_change(c.pool_set_rules(id, rules.rules())?, &client, "pool rules", |info| {
                 let text = rules_text(&info.rules);
@@ -884,21 +927,21 @@ fn pool_command(cmd: PoolCommand) -> Result<(), Failure> {
         PoolCommand::Activate { pool, client } => set_active(&pool, &client, true),
         PoolCommand::Deactivate { pool, client } => set_active(&pool, &client, false),
         PoolCommand::Resize { pool, capacity, client } => {
-            let mut c = connect(&client)?;
+            let mut c = connect_operator(&client)?;
             let id = resolve_pool(&mut c, &pool)?.id;
             print_pool_change(c.pool_set_capacity(id, capacity)?, &client, "pool resize", |info| {
                 format!("pool {} capacity {}", info.name, info.capacity)
             })
         }
         PoolCommand::Describe { pool, description, client } => {
-            let mut c = connect(&client)?;
+            let mut c = connect_operator(&client)?;
             let id = resolve_pool(&mut c, &pool)?.id;
             print_pool_change(c.pool_set_description(id, &description)?, &client, "pool description", |info| {
                 format!("pool {} description: {}", info.name, info.description)
             })
         }
         PoolCommand::Rename { pool, name, client } => {
-            let mut c = connect(&client)?;
+            let mut c = connect_operator(&client)?;
             let info = resolve_pool(&mut c, &pool)?;
             print_pool_change(c.pool_rename(info.id, &name)?, &client, "pool rename", |renamed| {
                 format!("pool {} is now {}", info.name, renamed.name)
@@ -908,7 +951,7 @@ fn pool_command(cmd: PoolCommand) -> Result<(), Failure> {
 }
 
 fn set_active(pool: &str, client: &ClientArgs, active: bool) -> Result<(), Failure> {
-    let mut c = connect(client)?;
+    let mut c = connect_operator(client)?;
     let id = resolve_pool(&mut c, pool)?.id;
     print_pool_change(c.pool_set_active(id, active)?, client, "pool activation", |info| {
         format!("pool {} is {}", info.name, if info.active { "active" } else { "inactive" })

@@ -47,9 +47,12 @@ pub struct AdminConfig {
     /// Address of the admin port; port 0 lets the OS choose; an empty string turns the port
     /// off. Keep it on loopback or a private network. Default `127.0.0.1:9400`.
     pub listen: String,
-    /// The bearer token that requests which change something must send
-    /// (`Authorization: Bearer <token>`); empty: such requests are refused. The
-    /// `SHARDCAP_ADMIN_TOKEN` environment variable overrides it. Default empty.
+    /// The operator's secret: requests of the admin port which change something must send
+    /// it (`Authorization: Bearer <token>`; empty: such requests are refused), and so must
+    /// connections of the data port before they change a pool (an `auth` frame; empty:
+    /// those changes are open, which the server allows only on loopback or with
+    /// `server.insecure_open_control`). At most 255 bytes. The `SHARDCAP_ADMIN_TOKEN`
+    /// environment variable overrides it. Default empty.
     pub token: String,
     /// Pools whose capacity, held, confirmed and available units are exported as metrics
     /// (by name). Empty: the first `metrics_pools_max` pools by id. Default empty.
@@ -111,6 +114,12 @@ pub struct ServerConfig {
     /// Log level filter (`error`, `warn`, `info`, `debug`, `trace`); the `SHARDCAP_LOG`
     /// environment variable overrides it. Default `info`.
     pub log_level: String,
+    /// Serve a non-loopback `listen` address without `admin.token`, leaving the operations
+    /// that change pools (create, activate, rules, resize, rename, describe) open to anyone
+    /// who can connect. Without it such a server refuses to start. Has no effect when a
+    /// token is set (control then needs it) or on loopback (control is open there without
+    /// a token anyway). Default `false`.
+    pub insecure_open_control: bool,
 }
 
 impl Default for ServerConfig {
@@ -126,6 +135,7 @@ impl Default for ServerConfig {
             spin_before_park_us: 0,
             expiry_tick_ms: 10,
             log_level: "info".into(),
+            insecure_open_control: false,
         }
     }
 }
@@ -367,6 +377,22 @@ impl Config {
         self.server.listen.parse().expect("validated listen address")
     }
 
+    /// True if the data ports listen on loopback only: the shared port and the core ports,
+    /// which take the shared port's address.
+    pub fn data_listen_loopback(&self) -> bool {
+        self.server.listen.parse::<SocketAddr>().is_ok_and(|addr| match addr.ip() {
+            std::net::IpAddr::V4(ip) => ip.is_loopback(),
+            std::net::IpAddr::V6(ip) => ip.to_ipv4_mapped().map_or(ip.is_loopback(), |v4| v4.is_loopback()),
+        })
+    }
+
+    /// True if a data connection may change pools without showing the admin token: no
+    /// token is configured, and the data ports are on loopback or
+    /// `server.insecure_open_control` says so. With a token, control always needs it.
+    pub fn control_open(&self) -> bool {
+        self.admin.token.is_empty() && (self.data_listen_loopback() || self.server.insecure_open_control)
+    }
+
     /// The number of cores to run: the configured count, or one per available CPU.
     pub fn core_count(&self) -> u16 {
         if self.server.cores > 0 {
@@ -406,6 +432,25 @@ impl Config {
         );
         check(s.cores <= 1024, format!("server.cores: {} is above 1024", s.cores));
         let a = &self.admin;
+        check(
+            !a.token.is_empty() || self.data_listen_loopback() || s.insecure_open_control,
+            format!(
+                "server.listen: {} is not a loopback address and no admin token is set, so anyone who can \
+                 connect could create, resize and deactivate pools. Set admin.token (or SHARDCAP_ADMIN_TOKEN; \
+                 clients send it with --token or SHARDCAP_ADMIN_TOKEN), or listen on 127.0.0.1, or accept open \
+                 control with server.insecure_open_control = true (serve --insecure-open-control)",
+                s.listen
+            ),
+        );
+        // The token itself never appears in a message.
+        check(
+            a.token.len() <= crate::protocol::control::AUTH_TOKEN_MAX_BYTES,
+            format!(
+                "admin.token: {} bytes, more than the {} an auth frame carries",
+                a.token.len(),
+                crate::protocol::control::AUTH_TOKEN_MAX_BYTES
+            ),
+        );
         check(
             a.listen.is_empty() || a.listen.parse::<SocketAddr>().is_ok(),
             format!("admin.listen: '{}' is not an address like 127.0.0.1:9400 (or \"\" for none)", a.listen),
@@ -600,6 +645,41 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle} in:\n{text}");
         }
+    }
+
+    #[test]
+    fn open_control_needs_loopback_or_an_explicit_setting() {
+        let config = |listen: &str, token: &str, insecure: bool| {
+            let mut c = Config::embedded_default();
+            c.server.listen = listen.into();
+            c.admin.token = token.into();
+            c.server.insecure_open_control = insecure;
+            c
+        };
+        for loopback in ["127.0.0.1:7400", "127.8.9.10:0", "[::1]:7400", "[::ffff:127.0.0.1]:7400"] {
+            let c = config(loopback, "", false);
+            assert!(c.data_listen_loopback() && c.control_open(), "{loopback}");
+            c.validate().unwrap();
+        }
+        for open in ["0.0.0.0:0", "[::]:7400", "10.1.2.3:7400"] {
+            let refused = config(open, "", false);
+            assert!(!refused.data_listen_loopback() && !refused.control_open(), "{open}");
+            let ConfigError::Invalid(problems) = refused.validate().unwrap_err() else { panic!("Invalid") };
+            assert!(
+                problems[0].contains("admin.token") && problems[0].contains("insecure_open_control"),
+                "{problems:?}"
+            );
+            let insecure = config(open, "", true);
+            insecure.validate().unwrap();
+            assert!(insecure.control_open());
+            let with_token = config(open, "t0ken", false);
+            with_token.validate().unwrap();
+            assert!(!with_token.control_open());
+        }
+        assert!(!config("127.0.0.1:7400", "t0ken", true).control_open(), "a token is always needed once set");
+        let long = config("127.0.0.1:7400", &"x".repeat(256), false);
+        let ConfigError::Invalid(problems) = long.validate().unwrap_err() else { panic!("Invalid") };
+        assert_eq!(problems, ["admin.token: 256 bytes, more than the 255 an auth frame carries"]);
     }
 
     #[test]

@@ -60,7 +60,15 @@ fn serve(args: &shardcap::cli::ServeArgs) -> anyhow::Result<()> {
         holds_max_per_core = config.limits.holds_max_per_core,
         pools = ?pools,
         admin = %config.admin.listen,
-        admin_token = if config.admin.token.is_empty() { "none (changes refused)" } else { "set" },
+        admin_token = if config.admin.token.is_empty() { "none (admin port changes refused)" } else { "set" },
+        // Who may change pools on the data ports (the token itself is never logged).
+        data_control = if !config.admin.token.is_empty() {
+            "admin token"
+        } else if config.data_listen_loopback() {
+            "open (loopback)"
+        } else {
+            "open to anyone (insecure_open_control)"
+        },
         "starting"
     );
     shardcap::runtime::run(config, |ready| {

@@ -396,6 +396,17 @@ fn admin_endpoints_answer_and_refuse() {
     assert_eq!((info["name"].as_str(), info["capacity"].as_u64()), (Some("flash"), Some(500)));
     assert_eq!(info["description"], "Friday sale");
     assert_eq!(info["rules"]["max_per_user"], 2);
+    // The same creation again: 200, not 201, with the pool as it is; nothing changes.
+    let repeat = http(admin, "POST", "/v1/pools", t, Some(body));
+    assert_eq!(repeat.status, 200, "a repeat did not create anything: {}", repeat.body);
+    assert_eq!(repeat.json(), info);
+    let bare = http(admin, "POST", "/v1/pools", t, Some(r#"{"name": "flash", "capacity": 500}"#));
+    assert_eq!(bare.status, 200, "{}", bare.body);
+    assert_eq!(bare.json()["description"], "Friday sale", "a repeat without a description keeps the pool's");
+    let described = r#"{"name": "flash", "capacity": 500, "description": "Friday"}"#;
+    let redescribed = http(admin, "POST", "/v1/pools", t, Some(described));
+    assert_eq!((redescribed.status, redescribed.json()["description"].as_str()), (200, Some("Friday")));
+    assert_eq!(get(admin, "/v1/pools").json()["pools"].as_array().unwrap().len(), 2);
     let again = http(admin, "POST", "/v1/pools", t, Some(r#"{"name": "flash", "capacity": 7}"#));
     assert_eq!((again.status, again.code().as_str()), (409, "pool_exists"));
     let bad_name = http(admin, "POST", "/v1/pools", t, Some(r#"{"name": "two words", "capacity": 7}"#));
@@ -510,8 +521,9 @@ fn admin_endpoints_answer_and_refuse() {
 fn without_a_token_changes_are_refused() {
     let server = Server::start(1, &pool("demo", 10));
     let admin = server.admin.unwrap();
+    // The missing header is checked first: 401, not 403 changes_disabled.
     let no_header = http(admin, "POST", "/v1/pools", None, Some(r#"{"name": "x", "capacity": 1}"#));
-    assert_eq!(no_header.status, 401);
+    assert_eq!((no_header.status, no_header.code().as_str()), (401, "unauthorized"));
     let any = http(admin, "POST", "/v1/pools", Some("anything"), Some(r#"{"name": "x", "capacity": 1}"#));
     assert_eq!((any.status, any.code().as_str()), (403, "changes_disabled"));
     let empty = http(admin, "POST", "/v1/pools", Some(""), Some(r#"{"name": "x", "capacity": 1}"#));

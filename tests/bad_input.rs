@@ -70,6 +70,7 @@ const OP_PING: u8 = 0x02;
 const OP_RESERVE: u8 = 0x10;
 const OP_EXTEND: u8 = 0x13;
 const OP_POOL_CREATE: u8 = 0x20;
+const OP_POOL_STATUS: u8 = 0x21;
 const OP_POOL_LIST: u8 = 0x22;
 const OP_SERVER_STATS: u8 = 0x30;
 const OP_ERROR: u8 = 0xFF;
@@ -439,7 +440,7 @@ fn frame_too_large_huge_body_len() {
 #[test]
 fn unknown_opcode() {
     let server = start();
-    for opcode in [0x00u8, 0x03, 0x15, 0x55, 0xFE] {
+    for opcode in [0x00u8, 0x04, 0x15, 0x55, 0xFE] {
         let what = format!("opcode {opcode:#04x}");
         refused(&server, &header(opcode, 41, 0, 0), Status::UnknownOpcode, 41, Some(MSG_UNKNOWN_OPCODE), &what);
     }
@@ -573,6 +574,39 @@ fn pool_create_name_not_utf8() {
     let pools = c.pool_list().expect("pool list");
     assert_eq!(pools.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), [POOL], "pools: {pools:?}");
     drop(c);
+    assert_server_serves(&server);
+}
+
+/// A pool_status body with a pool id and a name that is not UTF-8: the name is ignored
+/// (PROTOCOL 4.13: it is used only when the id is 0), the pool is reported, and the
+/// connection stays open. With id 0 the same name is a malformed body.
+#[test]
+fn pool_status_ignores_the_name_when_an_id_is_given() {
+    let server = start();
+    let status_body = |id: u32| {
+        let name = [b'p', 0xFF, 0xFE];
+        let mut body = id.to_le_bytes().to_vec();
+        body.extend_from_slice(&[name.len() as u8, 0, 0, 0]);
+        body.extend_from_slice(&name);
+        body
+    };
+    let mut s = raw_sent(&server, &frame(OP_POOL_STATUS, 83, 1, &status_body(POOL_ID)));
+    let r = read_reply(&mut s, "pool_status by id with a non-UTF-8 name");
+    assert_eq!((r.opcode(), r.request_id(), r.status()), (OP_POOL_STATUS, 83, 0), "{r:?}");
+    assert_eq!(r.body[0], Status::Ok as u8, "the pool is reported: {r:?}");
+    let info = shardcap::protocol::control::PoolStatus::decode(&r.body[8..]).expect("a pool status").info;
+    assert_eq!((info.id, info.name.as_str()), (POOL_ID, POOL));
+    // The connection still serves.
+    s.write_all(&frame(OP_PING, 84, 0, &[])).unwrap();
+    assert_eq!(read_reply(&mut s, "ping after").request_id(), 84);
+    refused(
+        &server,
+        &frame(OP_POOL_STATUS, 85, 1, &status_body(0)),
+        Status::MalformedBody,
+        85,
+        Some(MSG_MALFORMED_BODY),
+        "a non-UTF-8 name in use",
+    );
     assert_server_serves(&server);
 }
 

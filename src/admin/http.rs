@@ -16,7 +16,8 @@
 //! Users are named as on the command line: the id is XXH3-128 of the name.
 //!
 //! Requests that change something need `Authorization: Bearer <admin.token>`: 401 without
-//! it, 403 with another token or when no token is configured. Errors are JSON:
+//! it (checked first, also when no token is configured), then 403 when no token is
+//! configured or with another token. Errors are JSON:
 //! `{"error": {"code": "...", "message": "..."}}`.
 
 use std::collections::HashMap;
@@ -38,7 +39,7 @@ use serde_json::{Value, json};
 
 use super::json::{activity_json, lookup_json, pool_json, pool_status_json, rules_json};
 use super::metrics::Metrics;
-use super::{ControlReq, ControlResp, CoreMsg, CoreReport, PoolChange, PoolKey, PoolSelection};
+use super::{ControlReq, ControlResp, CoreMsg, CoreReport, PoolChange, PoolKey, PoolSelection, same_secret};
 use crate::config::AdminConfig;
 use crate::protocol::control::{PoolCreate, PoolRules, RULE_FLAG_TRACK_USERS};
 use crate::protocol::{LookupOp, Status, parse_id, user_id_from_name};
@@ -381,11 +382,6 @@ fn authorize(state: &State, req: &Request<Incoming>) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Compares two secrets in a time that does not depend on where they differ.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn read_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
     let bytes = match Limited::new(req.into_body(), BODY_MAX_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -528,12 +524,13 @@ async fn create_pool(state: &State, body: CreateBody) -> Result<Response<Full<By
         active: body.active,
         rules: body.rules.into(),
     };
-    let mut info = match control(state, ControlReq::CreatePool(req)).await? {
-        ControlResp::Pool(Ok(info)) => info,
-        ControlResp::Pool(Err((s, _))) => return Err(ApiError::refused(s, &format!("pool '{name}'"))),
+    let (mut info, created) = match control(state, ControlReq::CreatePool(req)).await? {
+        ControlResp::Created(Ok(answer)) => answer,
+        ControlResp::Created(Err(s)) => return Err(ApiError::refused(s, &format!("pool '{name}'"))),
         _ => return Err(internal()),
     };
-    if !body.description.is_empty() {
+    // A repeat that names the description the pool has changes nothing (and logs nothing).
+    if !body.description.is_empty() && body.description != info.description {
         let describe = ControlReq::ChangePool(key(&info.id.to_string()), vec![PoolChange::Describe(body.description)]);
         match control(state, describe).await? {
             ControlResp::Pool(Ok(described)) => info = described,
@@ -543,7 +540,10 @@ async fn create_pool(state: &State, body: CreateBody) -> Result<Response<Full<By
             _ => return Err(internal()),
         }
     }
-    Ok(json_response(StatusCode::CREATED, &pool_json(&info)))
+    // 201 only for the request that created the pool; a repeat answers 200, so a client can
+    // tell the two apart.
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok(json_response(status, &pool_json(&info)))
 }
 
 async fn change_pool(state: &State, pool: &str, changes: Vec<PoolChange>) -> Result<Response<Full<Bytes>>, ApiError> {
@@ -690,14 +690,6 @@ mod tests {
         assert!(body.contains("\nshardcap_ready 1\n"), "{body}");
         assert!(body.contains("\nshardcap_pool_held{pool=\"p\"} 4\n"), "{body}");
         assert!(body.contains("\nshardcap_pool_available{pool=\"p\"} 3\n"), "{body}");
-    }
-
-    #[test]
-    fn secrets_compare_whole() {
-        assert!(same_secret(b"s3cret", b"s3cret"));
-        assert!(!same_secret(b"s3cret", b"s3cres"));
-        assert!(!same_secret(b"s3cret", b"s3cre"));
-        assert!(!same_secret(b"", b"x"));
     }
 
     #[test]

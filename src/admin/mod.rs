@@ -15,6 +15,14 @@ use crate::protocol::LookupOp;
 use crate::protocol::control::{PoolCreate, PoolInfo, PoolRules, PoolStatus, UserActivity};
 use crate::protocol::{LookupResult, Status};
 
+/// Compares a token shown by a client with the configured secret in a time that does not
+/// depend on where they differ (only on their lengths), so that the time of a refusal does
+/// not tell how much of a guess was right. Used by the admin port's bearer check and the
+/// data port's `auth`.
+pub fn same_secret(given: &[u8], secret: &[u8]) -> bool {
+    given.len() == secret.len() && given.iter().zip(secret).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// A request from the admin thread to a core.
 pub enum CoreMsg {
     /// Flush the core's counts into the registry and report the pools chosen for export.
@@ -126,11 +134,28 @@ pub enum ControlResp {
     Pools(Vec<PoolInfo>, bool),
     /// A pool's status.
     Status(Result<PoolStatus, Status>),
-    /// A pool's definition after a creation or change. On a refusal, the number of
-    /// changes applied before it.
+    /// A pool's definition after a change. On a refusal, the number of changes applied
+    /// before it.
     Pool(Result<PoolInfo, (Status, usize)>),
+    /// A pool's definition after a creation, and whether this request created it (`false`:
+    /// the same pool existed already).
+    Created(Result<(PoolInfo, bool), Status>),
     /// A reservation.
     Lookup(LookupResult),
     /// A user's activity, pool by pool, with each pool's name.
     Activity(Result<Vec<(String, UserActivity)>, Status>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"s3cret", b"s3cret"));
+        assert!(!same_secret(b"s3cret", b"s3cres"));
+        assert!(!same_secret(b"s3cret", b"s3cre"));
+        assert!(!same_secret(b"", b"x"));
+        assert!(!same_secret(b"x", b""));
+    }
 }

@@ -305,6 +305,19 @@ impl Client {
         self.call(Opcode::Ping, 0, &[]).map(|_| ())
     }
 
+    /// Shows the admin token (`admin.token`) on this connection: once it answers `Ok(Ok)`,
+    /// the connection may change pools (create, activate, rules, resize, rename,
+    /// describe). A wrong token answers `Err(Status::Unauthorized)` and takes the right
+    /// away again. A server without a token (on loopback) answers `ok` to any token.
+    pub fn authenticate(&mut self, token: &str) -> Result<Result<(), Status>, ClientError> {
+        let mut body = Vec::new();
+        control::Auth { token: token.as_bytes().to_vec() }.encode(&mut body).ok_or_else(|| {
+            ClientError::Protocol(format!("a token has at most {} bytes", control::AUTH_TOKEN_MAX_BYTES))
+        })?;
+        let r = self.call(Opcode::Auth, 1, &body)?;
+        Ok(control_payload(&r)?.map(|_| ()))
+    }
+
     /// Creates a pool.
     pub fn pool_create(&mut self, req: &PoolCreate) -> Result<Result<PoolInfo, Status>, ClientError> {
         let mut body = Vec::new();

@@ -107,6 +107,7 @@ pub async fn serve(core: Rc<CoreRuntime>, mut stream: TcpStream) {
         held_back: false,
         read_at: Instant::now(),
         timed: Vec::new(),
+        operator: core.config.control_open(),
     };
     let how = conn.run(&mut stream).await;
     // Counted before the client can see the end of the connection.
@@ -137,6 +138,8 @@ struct Connection {
     read_at: Instant,
     /// Reserve and confirm answers in `out`, timed when written.
     timed: Vec<Timed>,
+    /// The connection may change pools: it showed the admin token, or control is open.
+    operator: bool,
 }
 
 impl Connection {
@@ -270,11 +273,16 @@ impl Connection {
     fn handle_frame(&mut self, now_ms: u64, header: &Header, body: &[u8]) -> Result<(), Status> {
         let opcode = header.opcode().expect("checked by the parser");
         let id = header.request_id;
-        if self.inflight() >= self.inflight_max && !matches!(opcode, Opcode::Hello | Opcode::Ping) {
+        if self.inflight() >= self.inflight_max && !matches!(opcode, Opcode::Hello | Opcode::Ping | Opcode::Auth) {
             self.core.metrics.count_busy(BusyReason::Inflight, header.op_count.max(1) as u64);
             let mut h = Header::response(opcode as u8, id, Status::Busy, 0, 0);
             h.retry_after_ms = self.core.config.limits.busy_retry_after_ms;
             h.append_to(&mut self.out);
+            return Ok(());
+        }
+        // Before the body is decoded: without the token nothing about it is answered.
+        if opcode.changes_pool() && !self.operator {
+            self.respond_status(opcode, id, Status::Unauthorized);
             return Ok(());
         }
         match opcode {
@@ -285,6 +293,15 @@ impl Connection {
                 self.respond(opcode, id, 1, &body);
             }
             Opcode::Ping => Header::response(opcode as u8, id, Status::Ok, 0, 0).append_to(&mut self.out),
+            Opcode::Auth => {
+                let req = control::Auth::decode(body).map_err(|_| Status::MalformedBody)?;
+                // The last `auth` decides: a wrong token takes the right away again.
+                let token = self.core.config.admin.token.as_bytes();
+                self.operator = self.core.config.control_open()
+                    || (!token.is_empty() && crate::admin::same_secret(&req.token, token));
+                let status = if self.operator { Status::Ok } else { Status::Unauthorized };
+                self.respond_status(opcode, id, status);
+            }
             Opcode::Reserve => self.batch(now_ms, header, body, |b| ReserveOp::decode(b).map(Op::Reserve))?,
             Opcode::Confirm => self.batch(now_ms, header, body, |b| ConfirmOp::decode(b).map(Op::Confirm))?,
             Opcode::Release => self.batch(now_ms, header, body, |b| ReleaseOp::decode(b).map(Op::Release))?,

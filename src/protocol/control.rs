@@ -108,6 +108,47 @@ impl Hello {
     }
 }
 
+/// The longest token an `auth` frame carries, in bytes (its length is one byte).
+pub const AUTH_TOKEN_MAX_BYTES: usize = 255;
+
+/// Body of `auth`: token_len u8 @0, reserved 7 bytes @1 (zero), then `token_len` bytes of
+/// token (0..=255, compared byte for byte with `admin.token`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Auth {
+    /// The token shown.
+    pub token: Vec<u8>,
+}
+
+// Hand-written so that a token never reaches a log or a panic message.
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Auth {{ token: <{} bytes> }}", self.token.len())
+    }
+}
+
+impl Auth {
+    /// Size of the body before the token.
+    pub const FIXED_SIZE: usize = 8;
+
+    /// Appends the body; `None` (nothing appended) for a token over
+    /// [`AUTH_TOKEN_MAX_BYTES`], which the length byte cannot carry.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Option<()> {
+        let len = u8::try_from(self.token.len()).ok()?;
+        out.push(len);
+        out.extend_from_slice(&[0; 7]);
+        out.extend_from_slice(&self.token);
+        Some(())
+    }
+
+    /// Decodes a body.
+    pub fn decode(b: &[u8]) -> Result<Self, Malformed> {
+        if b.len() < Self::FIXED_SIZE || b[1..8] != [0; 7] || b.len() != Self::FIXED_SIZE + b[0] as usize {
+            return Err(Malformed);
+        }
+        Ok(Auth { token: b[Self::FIXED_SIZE..].to_vec() })
+    }
+}
+
 /// The kind of a pool: counted units, or named seats (seated pools arrive in a later version).
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -594,7 +635,8 @@ impl PoolRef {
         out.extend_from_slice(&[0; 3]);
         out.extend_from_slice(self.name.as_bytes());
     }
-    /// Decodes a body.
+    /// Decodes a body. The name is read (and must be UTF-8) only when the id is 0; with an
+    /// id it is ignored, whatever its bytes, and decoded as empty.
     pub fn decode(b: &[u8]) -> Result<Self, Malformed> {
         if b.len() < 8 || b[5..8] != [0; 3] {
             return Err(Malformed);
@@ -603,8 +645,12 @@ impl PoolRef {
         if b.len() != 8 + name_len {
             return Err(Malformed);
         }
+        let id = u32_at(b, 0);
+        if id != 0 {
+            return Ok(PoolRef { id, name: String::new() });
+        }
         let name = std::str::from_utf8(&b[8..]).map_err(|_| Malformed)?.to_owned();
-        Ok(PoolRef { id: u32_at(b, 0), name })
+        Ok(PoolRef { id, name })
     }
 }
 
@@ -1083,6 +1129,39 @@ mod tests {
         assert_eq!(back, st);
         assert!(back.conserved());
         assert_eq!(back.available(), 2 + 4);
+    }
+
+    #[test]
+    fn auth_bodies_round_trip_and_are_checked() {
+        let mut b = Vec::new();
+        Auth { token: b"s3cret".to_vec() }.encode(&mut b).unwrap();
+        assert_eq!(b, b"\x06\0\0\0\0\0\0\0s3cret");
+        assert_eq!(Auth::decode(&b), Ok(Auth { token: b"s3cret".to_vec() }));
+        assert_eq!(format!("{:?}", Auth::decode(&b).unwrap()), "Auth { token: <6 bytes> }", "never printed");
+        b[3] = 1;
+        assert_eq!(Auth::decode(&b), Err(Malformed), "reserved bytes");
+        b[3] = 0;
+        b.push(b'x');
+        assert_eq!(Auth::decode(&b), Err(Malformed), "length byte and body disagree");
+        assert_eq!(Auth { token: vec![b'a'; 256] }.encode(&mut Vec::new()), None, "too long for its length byte");
+        assert!(Auth { token: vec![b'a'; 255] }.encode(&mut Vec::new()).is_some());
+    }
+
+    #[test]
+    fn a_pool_reference_reads_its_name_only_without_an_id() {
+        let body = |id: u32, name: &[u8]| {
+            let mut b = id.to_le_bytes().to_vec();
+            b.extend_from_slice(&[name.len() as u8, 0, 0, 0]);
+            b.extend_from_slice(name);
+            b
+        };
+        assert_eq!(PoolRef::decode(&body(7, b"\xff\xfe")), Ok(PoolRef { id: 7, name: String::new() }));
+        assert_eq!(PoolRef::decode(&body(7, b"other")), Ok(PoolRef { id: 7, name: String::new() }));
+        assert_eq!(PoolRef::decode(&body(0, b"\xff\xfe")), Err(Malformed), "a name in use must be UTF-8");
+        assert_eq!(PoolRef::decode(&body(0, b"demo")), Ok(PoolRef { id: 0, name: "demo".into() }));
+        let mut short = body(7, b"ab");
+        short.pop();
+        assert_eq!(PoolRef::decode(&short), Err(Malformed), "the length is checked with an id too");
     }
 
     #[test]

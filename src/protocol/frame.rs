@@ -3,8 +3,8 @@
 //! malformed frame is refused at once and a partial frame simply waits for its bytes.
 
 use super::control::{
-    POOL_NAME_MAX_BYTES, PoolCreate, PoolListRequest, PoolRename, PoolSetActive, PoolSetCapacity, PoolSetDescription,
-    PoolSetRules, UserActivityRequest,
+    AUTH_TOKEN_MAX_BYTES, Auth, POOL_NAME_MAX_BYTES, PoolCreate, PoolListRequest, PoolRename, PoolSetActive,
+    PoolSetCapacity, PoolSetDescription, PoolSetRules, UserActivityRequest,
 };
 use super::header::{HEADER_SIZE, Header, MAGIC, Opcode, VERSION, decode_header};
 use super::status::Status;
@@ -82,6 +82,7 @@ pub fn next_frame(buf: &[u8], limits: &FrameLimits) -> Result<Option<(Header, us
     let count = header.op_count as usize;
     let body_ok = match opcode {
         Opcode::Hello | Opcode::Ping | Opcode::ServerStats => count == 0 && body_len == 0,
+        Opcode::Auth => count == 1 && (Auth::FIXED_SIZE..=Auth::FIXED_SIZE + AUTH_TOKEN_MAX_BYTES).contains(&body_len),
         Opcode::PoolCreate => {
             count == 1 && (PoolCreate::FIXED_SIZE..=PoolCreate::FIXED_SIZE + POOL_NAME_MAX_BYTES).contains(&body_len)
         }

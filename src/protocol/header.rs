@@ -23,6 +23,8 @@ pub enum Opcode {
     Hello = 0x01,
     /// No-op round trip.
     Ping = 0x02,
+    /// Shows the admin token: the connection may then change pools.
+    Auth = 0x03,
     /// Batch of reserves (hold `qty` units for a TTL).
     Reserve = 0x10,
     /// Batch of confirms (make a hold permanent).
@@ -63,6 +65,7 @@ impl Opcode {
         Some(match byte {
             0x01 => Opcode::Hello,
             0x02 => Opcode::Ping,
+            0x03 => Opcode::Auth,
             0x10 => Opcode::Reserve,
             0x11 => Opcode::Confirm,
             0x12 => Opcode::Release,
@@ -106,11 +109,27 @@ impl Opcode {
         }
     }
 
+    /// True for the operations that change a pool: they need a connection that showed the
+    /// admin token (`auth`), unless the server leaves control open. Everything else,
+    /// reads of pools included, is open to any client.
+    pub fn changes_pool(self) -> bool {
+        matches!(
+            self,
+            Opcode::PoolCreate
+                | Opcode::PoolSetActive
+                | Opcode::PoolSetRules
+                | Opcode::PoolSetCapacity
+                | Opcode::PoolRename
+                | Opcode::PoolSetDescription
+        )
+    }
+
     /// Lower-case name for messages and docs.
     pub fn name(self) -> &'static str {
         match self {
             Opcode::Hello => "hello",
             Opcode::Ping => "ping",
+            Opcode::Auth => "auth",
             Opcode::Reserve => "reserve",
             Opcode::Confirm => "confirm",
             Opcode::Release => "release",

@@ -109,11 +109,15 @@ pub enum Status {
     CapacityInUse = 49,
     /// A pool description is longer than 128 bytes or has control characters.
     InvalidDescription = 50,
+    /// The operation changes a pool and the connection has not shown the admin token (an
+    /// `auth` frame with `admin.token`); control operations are open without one only when
+    /// the server has no token and listens on loopback (or `insecure_open_control`).
+    Unauthorized = 51,
 }
 
 impl Status {
     /// Every status, in numeric order (for docs, tests and tables).
-    pub const ALL: [Status; 41] = [
+    pub const ALL: [Status; 42] = [
         Status::Ok,
         Status::BadMagic,
         Status::UnsupportedVersion,
@@ -155,6 +159,7 @@ impl Status {
         Status::InvalidRules,
         Status::CapacityInUse,
         Status::InvalidDescription,
+        Status::Unauthorized,
     ];
 
     /// Decodes a status byte; `None` for a number this version does not define.
@@ -206,6 +211,7 @@ impl Status {
             Status::InvalidRules => "invalid_rules",
             Status::CapacityInUse => "capacity_in_use",
             Status::InvalidDescription => "invalid_description",
+            Status::Unauthorized => "unauthorized",
         }
     }
 

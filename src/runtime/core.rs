@@ -549,7 +549,16 @@ impl CoreRuntime {
 
     /// Asks core 0 to create a pool.
     pub async fn create_pool(self: &Rc<Self>, req: PoolCreate) -> Result<PoolInfo, Status> {
-        pool_result(self.rpc(0, RpcReq::CreatePool(req)).await)
+        self.create_pool_reporting(req).await.map(|(info, _)| info)
+    }
+
+    /// Asks core 0 to create a pool; also says whether this request created it (`false`:
+    /// the same pool existed already).
+    pub async fn create_pool_reporting(self: &Rc<Self>, req: PoolCreate) -> Result<(PoolInfo, bool), Status> {
+        match self.rpc(0, RpcReq::CreatePool(req)).await {
+            RpcResp::PoolExisted(info) => Ok((info, false)),
+            other => pool_result(other).map(|info| (info, true)),
+        }
     }
 
     /// Asks core 0 to change a pool (a [`Command`] of [`RpcReq::ChangePool`]). An invalid
@@ -661,7 +670,7 @@ impl CoreRuntime {
                 Some(info) => Ok(self.pool_status(info).await),
                 None => Err(Status::PoolNotFound),
             }),
-            ControlReq::CreatePool(req) => ControlResp::Pool(self.create_pool(req).await.map_err(|s| (s, 0))),
+            ControlReq::CreatePool(req) => ControlResp::Created(self.create_pool_reporting(req).await),
             ControlReq::ChangePool(key, changes) => {
                 let Some(mut info) = self.resolve_pool(&key) else {
                     return ControlResp::Pool(Err((Status::PoolNotFound, 0)));
@@ -741,7 +750,7 @@ impl CoreRuntime {
                     Err(status) => return RpcResp::Pool(Err(status)),
                 };
                 if self.engine.borrow().pool_info(def.id).is_some() {
-                    return RpcResp::Pool(Ok(def.info(self.cores)));
+                    return RpcResp::PoolExisted(def.info(self.cores));
                 }
                 let Outcome::Pool(result) = self.apply(now, Command::CreatePool(def.clone())) else {
                     unreachable!("a pool creation answers with the pool")
@@ -1113,6 +1122,7 @@ impl CoreRuntime {
 fn pool_result(resp: RpcResp) -> Result<PoolInfo, Status> {
     match resp {
         RpcResp::Pool(result) => result,
+        RpcResp::PoolExisted(info) => Ok(info),
         _ => Err(Status::InternalError),
     }
 }

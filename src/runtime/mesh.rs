@@ -119,6 +119,8 @@ pub enum RpcResp {
     Stats(CoreStats),
     /// A pool after a change, or why it was refused.
     Pool(Result<PoolInfo, Status>),
+    /// A creation that found the same pool there already: nothing changed.
+    PoolExisted(PoolInfo),
     /// A user's activity, by pool.
     Activity(Vec<UserActivity>),
     /// Applied.

@@ -52,19 +52,14 @@ impl Server {
     /// Starts a server whose logs live in `data_dir` (the default durability is `sync`; a
     /// `[durability]` section in `extra` overrides it).
     pub fn start_in(cores: u16, extra: &str, data_dir: &std::path::Path) -> Server {
-        let limits = if extra.contains("[limits]") { "" } else { "[limits]\nholds_max_per_core = 100000\n" };
-        let admin = if extra.contains("[admin]") { "" } else { "[admin]\nlisten = \"127.0.0.1:0\"\n" };
-        let config = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ncore_port_base = 0\ncores = {cores}\npin_cores = false\nlog_level = \"warn\"\ndata_dir = {:?}\n{limits}{admin}{extra}\n",
-            data_dir.display().to_string()
-        );
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let config_path = std::env::temp_dir().join(format!("shardcap-test-{}-{n}.toml", std::process::id()));
-        std::fs::write(&config_path, config).expect("write test config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shardcap"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config_path)
+        Server::start_with(&Setup { cores, extra, ..Setup::default() }, data_dir)
+    }
+
+    /// Starts a server as `setup` says, with its logs in `data_dir`.
+    pub fn start_with(setup: &Setup, data_dir: &std::path::Path) -> Server {
+        let config_path = setup.write_config(data_dir);
+        let mut child = setup
+            .command(&config_path)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -134,6 +129,82 @@ impl Drop for Server {
         if !self.keep_data {
             let _ = std::fs::remove_dir_all(&self.data_dir);
         }
+    }
+}
+
+/// How a test server is started: [`Server::start`]'s base configuration with another
+/// listen address, more `[server]` settings or `serve` flags.
+#[derive(Clone, Copy)]
+pub struct Setup<'a> {
+    /// Cores.
+    pub cores: u16,
+    /// The shared data port's address.
+    pub listen: &'a str,
+    /// Lines added to the `[server]` section.
+    pub server_extra: &'a str,
+    /// TOML appended to the configuration, as for [`Server::start`].
+    pub extra: &'a str,
+    /// Flags after `serve --config FILE`.
+    pub args: &'a [&'a str],
+}
+
+impl Default for Setup<'_> {
+    fn default() -> Self {
+        Setup { cores: 1, listen: "127.0.0.1:0", server_extra: "", extra: "", args: &[] }
+    }
+}
+
+impl Setup<'_> {
+    /// Writes the configuration file; answers its path.
+    fn write_config(&self, data_dir: &std::path::Path) -> PathBuf {
+        let (cores, listen, server_extra, extra) = (self.cores, self.listen, self.server_extra, self.extra);
+        let limits = if extra.contains("[limits]") { "" } else { "[limits]\nholds_max_per_core = 100000\n" };
+        let admin = if extra.contains("[admin]") { "" } else { "[admin]\nlisten = \"127.0.0.1:0\"\n" };
+        let config = format!(
+            "[server]\nlisten = \"{listen}\"\ncore_port_base = 0\ncores = {cores}\npin_cores = false\nlog_level = \"warn\"\ndata_dir = {:?}\n{server_extra}\n{limits}{admin}{extra}\n",
+            data_dir.display().to_string()
+        );
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let config_path = std::env::temp_dir().join(format!("shardcap-test-{}-{n}.toml", std::process::id()));
+        std::fs::write(&config_path, config).expect("write test config");
+        config_path
+    }
+
+    /// The `shardcap serve` command. The token comes from the configuration only: the
+    /// environment of the test run does not reach the server.
+    fn command(&self, config_path: &std::path::Path) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_shardcap"));
+        command.arg("serve").arg("--config").arg(config_path).args(self.args).env_remove("SHARDCAP_ADMIN_TOKEN");
+        command
+    }
+
+    /// Runs a server that must refuse to start: answers its exit status and stderr. Fails
+    /// the test if it reports ready or has not exited within the start timeout.
+    pub fn refused(&self) -> (std::process::ExitStatus, String) {
+        let data_dir = temp_data_dir();
+        let config_path = self.write_config(&data_dir);
+        let mut child =
+            self.command(&config_path).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start shardcap");
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for shardcap") {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the server neither started nor exited within {START_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let mut stdout = String::new();
+        let mut stderr = String::new();
+        use std::io::Read;
+        child.stdout.take().expect("stdout").read_to_string(&mut stdout).expect("read stdout");
+        child.stderr.take().expect("stderr").read_to_string(&mut stderr).expect("read stderr");
+        let _ = std::fs::remove_file(&config_path);
+        let _ = std::fs::remove_dir_all(&data_dir);
+        assert!(!stdout.contains("shardcap ready:"), "the server started: {stdout}");
+        (status, stderr)
     }
 }
 

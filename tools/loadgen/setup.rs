@@ -5,7 +5,9 @@
 //! Pools are created with `pool_create`; an identical repeat of a create answers ok with
 //! the existing pool, so re-runs reuse their pools (the pools' TTLs are fixed; each reserve
 //! names its own). A pool that exists with another capacity is refused with
-//! `pool_exists`: the run stops there, and another --pool-prefix avoids the clash.
+//! `pool_exists`: the run stops there, and another --pool-prefix avoids the clash. With
+//! `SHARDCAP_ADMIN_TOKEN` set, the setup connection shows it first (`auth`), as a server
+//! with a token wants before pool changes.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::mpsc::RecvTimeoutError;
@@ -62,6 +64,13 @@ pub fn prepare(plan: &Plan) -> Result<Setup, String> {
         .ok_or_else(|| format!("--server {}: no address", plan.server))?;
     let mut client = Client::connect(shared).map_err(|e| format!("cannot connect to {shared}: {e}"))?;
     client.set_read_timeout(Some(SETUP_ANSWER_TIMEOUT)).map_err(|e| format!("setup: {e}"))?;
+    // Creating pools needs the admin token on a server that has one.
+    if let Ok(token) = std::env::var("SHARDCAP_ADMIN_TOKEN") {
+        match client.authenticate(&token).map_err(|e| format!("setup: {e}"))? {
+            Ok(()) => {}
+            Err(status) => return Err(format!("the server refused SHARDCAP_ADMIN_TOKEN: {status}")),
+        }
+    }
     let hello = client.hello().clone();
     let frame_ops_max = plan.frame_ops_max() as u32;
     if frame_ops_max > hello.batch_operations_max {
