@@ -158,7 +158,11 @@ impl Setup<'_> {
     /// Writes the configuration file; answers its path.
     fn write_config(&self, data_dir: &std::path::Path) -> PathBuf {
         let (cores, listen, server_extra, extra) = (self.cores, self.listen, self.server_extra, self.extra);
-        let limits = if extra.contains("[limits]") { "" } else { "[limits]\nholds_max_per_core = 100000\n" };
+        let limits = if extra.contains("[limits]") {
+            ""
+        } else {
+            "[limits]\nholds_max_per_core = 100000\nretention_bytes_max_per_core = 16777216\n"
+        };
         let admin = if extra.contains("[admin]") { "" } else { "[admin]\nlisten = \"127.0.0.1:0\"\n" };
         let config = format!(
             "[server]\nlisten = \"{listen}\"\ncore_port_base = 0\ncores = {cores}\npin_cores = false\nlog_level = \"warn\"\ndata_dir = {:?}\n{server_extra}\n{limits}{admin}{extra}\n",
