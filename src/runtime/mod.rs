@@ -156,13 +156,31 @@ pub fn run(mut config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), Star
     Ok(())
 }
 
-/// Binds `addr` with SO_REUSEPORT, first checking that no other socket holds the port (a
-/// second server on the same port would silently share its connections).
+/// Binds `addr` like [`bind_listener`], first checking that no live listener holds the
+/// port (with SO_REUSEPORT a second server of the same user would bind too and silently
+/// share the port's connections). The probe sets SO_REUSEADDR but not SO_REUSEPORT: it
+/// binds over the TIME_WAIT connections of a crashed server, never over a listener.
 fn bind_exclusive(addr: SocketAddr) -> std::io::Result<TcpListener> {
     if addr.port() != 0 {
+        // std sets SO_REUSEADDR on Unix.
         drop(std::net::TcpListener::bind(addr)?);
     }
-    TcpListener::bind(addr).map_err(|e| std::io::Error::other(e.to_string()))
+    bind_listener(addr)
+}
+
+/// A listener on `addr` with SO_REUSEPORT (every core accepts on the shared port) and
+/// SO_REUSEADDR (a server restarted after a crash binds at once, although the dead
+/// server's side of its last connections sits in TIME_WAIT).
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    // SAFETY: the descriptor is a bound, listening TCP socket that nothing else owns.
+    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
 }
 
 async fn core_main(
@@ -190,7 +208,7 @@ async fn core_main(
     if core != 0 && shared_port != 0 {
         let mut addr = listen;
         addr.set_port(shared_port);
-        match TcpListener::bind(addr) {
+        match bind_listener(addr) {
             Ok(l) => shared = Some(l),
             Err(e) => startup.fail(format!("core {core}: cannot bind {addr}: {e}")),
         }

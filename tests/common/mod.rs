@@ -52,10 +52,21 @@ impl Server {
     /// Starts a server whose logs live in `data_dir` (the default durability is `sync`; a
     /// `[durability]` section in `extra` overrides it).
     pub fn start_in(cores: u16, extra: &str, data_dir: &std::path::Path) -> Server {
+        Server::try_start_on(cores, extra, data_dir, Ports::default()).unwrap_or_else(|stderr| {
+            panic!("the server did not report ready within {START_TIMEOUT:?}:\n{stderr}")
+        })
+    }
+
+    /// Starts a server on the given ports (0: the OS chooses); answers what it wrote to
+    /// stderr if it exits, or does not report ready within 30 s.
+    pub fn try_start_on(cores: u16, extra: &str, data_dir: &std::path::Path, ports: Ports) -> Result<Server, String> {
         let limits = if extra.contains("[limits]") { "" } else { "[limits]\nholds_max_per_core = 100000\n" };
-        let admin = if extra.contains("[admin]") { "" } else { "[admin]\nlisten = \"127.0.0.1:0\"\n" };
+        let admin =
+            if extra.contains("[admin]") { String::new() } else { format!("[admin]\nlisten = \"127.0.0.1:{}\"\n", ports.admin) };
         let config = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ncore_port_base = 0\ncores = {cores}\npin_cores = false\nlog_level = \"warn\"\ndata_dir = {:?}\n{limits}{admin}{extra}\n",
+            "[server]\nlisten = \"127.0.0.1:{}\"\ncore_port_base = {}\ncores = {cores}\npin_cores = false\nlog_level = \"warn\"\ndata_dir = {:?}\n{limits}{admin}{extra}\n",
+            ports.listen,
+            ports.core_port_base,
             data_dir.display().to_string()
         );
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -66,9 +77,22 @@ impl Server {
             .arg("--config")
             .arg(&config_path)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("start shardcap");
+        // stderr is passed on as it comes, and kept for the answer of a failed start.
+        let stderr = child.stderr.take().expect("stderr");
+        let (err_tx, err_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("{line}");
+                text.push_str(&line);
+                text.push('\n');
+            }
+            let _ = err_tx.send(text);
+        });
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -83,7 +107,9 @@ impl Server {
             Ok(line) => line,
             Err(_) => {
                 let _ = child.kill();
-                panic!("server did not report ready within {START_TIMEOUT:?}");
+                let _ = child.wait();
+                let _ = std::fs::remove_file(&config_path);
+                return Err(err_rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default());
             }
         };
         let field = |name: &str| -> String {
@@ -98,7 +124,7 @@ impl Server {
             "off" => None,
             a => Some(a.parse().expect("admin address")),
         };
-        Server { child, addr, core_ports, admin, config_path, data_dir: data_dir.to_path_buf(), keep_data: false }
+        Ok(Server { child, addr, core_ports, admin, config_path, data_dir: data_dir.to_path_buf(), keep_data: false })
     }
 
     /// Kills the process at once (SIGKILL: no clean shutdown) and keeps its data directory
@@ -120,6 +146,17 @@ impl Server {
         Client::connect(("127.0.0.1", self.core_ports[core as usize])).expect("connect to core port")
     }
 
+    /// The server's resident memory now (VmRSS in /proc/<pid>/status), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read the server's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+    }
+
     /// True while the process runs.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
@@ -135,6 +172,17 @@ impl Drop for Server {
             let _ = std::fs::remove_dir_all(&self.data_dir);
         }
     }
+}
+
+/// The ports a server starts on ([`Server::try_start_on`]); 0 lets the OS choose.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Ports {
+    /// The shared data port.
+    pub listen: u16,
+    /// Core `i` listens on `core_port_base + i`.
+    pub core_port_base: u16,
+    /// The admin port.
+    pub admin: u16,
 }
 
 /// A pool section for [`Server::start`].
