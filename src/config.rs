@@ -162,6 +162,15 @@ pub struct Limits {
     pub reservation_retention_s: u64,
     /// The retry hint sent with `busy`, in ms. Default `5`.
     pub busy_retry_after_ms: u32,
+    /// How long a partial frame may wait for the rest of its bytes, from its first byte,
+    /// in ms; then the connection is closed without an answer. Default `10000`.
+    pub frame_read_timeout_ms: u64,
+    /// Answers a connection may have waiting to be written, in bytes: past it the server
+    /// reads no further frame of that connection until they are written. Default 1 MiB.
+    pub output_buffer_max_bytes: u32,
+    /// How long a write of answers may make no progress (the client takes none of them), in
+    /// ms; then the connection is closed. Default `10000`.
+    pub write_stall_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -178,6 +187,9 @@ impl Default for Limits {
             pools_max: 65536,
             reservation_retention_s: 3600,
             busy_retry_after_ms: 5,
+            frame_read_timeout_ms: 10_000,
+            output_buffer_max_bytes: 1 << 20,
+            write_stall_timeout_ms: 10_000,
         }
     }
 }
@@ -454,6 +466,15 @@ impl Config {
         check(
             (1..=60_000).contains(&l.busy_retry_after_ms),
             format!("limits.busy_retry_after_ms: {} is not within 1..=60000", l.busy_retry_after_ms),
+        );
+        for (name, value) in
+            [("frame_read_timeout_ms", l.frame_read_timeout_ms), ("write_stall_timeout_ms", l.write_stall_timeout_ms)]
+        {
+            check((1..=3_600_000).contains(&value), format!("limits.{name}: {value} is not within 1..=3600000"));
+        }
+        check(
+            (4096..=1 << 30).contains(&l.output_buffer_max_bytes),
+            format!("limits.output_buffer_max_bytes: {} is not within 4096..=1073741824", l.output_buffer_max_bytes),
         );
         let d = &self.durability;
         check(

@@ -29,6 +29,7 @@ use crate::admin::CoreMsg;
 use crate::admin::http::AdminServer;
 use crate::admin::metrics::Metrics;
 use crate::config::Config;
+use crate::net::listener::{Handoff, Listeners};
 use crate::shard::Command;
 use crate::shard::Engine;
 use crate::wal::Durability;
@@ -104,6 +105,7 @@ pub fn run(mut config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), Star
         })?),
         None => None,
     };
+    let mut handoffs = Handoff::links(cores).into_iter();
     let cpus: Vec<usize> = CpuSet::online().map(|set| set.iter().map(|l| l.cpu).collect()).unwrap_or_default();
     let mut handles = Vec::new();
     for (core, admin_rx) in (0..cores).zip(admin_rx) {
@@ -114,11 +116,12 @@ pub fn run(mut config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), Star
         };
         let (config, startup, mesh) = (config.clone(), startup.clone(), mesh.clone());
         let metrics = metrics.clone();
+        let handoff = handoffs.next().expect("one link per core");
         let spawned = LocalExecutorBuilder::new(placement)
             .name(&format!("shardcap-core-{core}"))
             .io_memory(config.server.io_memory_bytes)
             .spin_before_park(Duration::from_micros(config.server.spin_before_park_us))
-            .spawn(move || core_main(core, config, startup, mesh, (metrics, admin_rx)));
+            .spawn(move || core_main(core, config, startup, mesh, (metrics, admin_rx), handoff));
         match spawned {
             Ok(handle) => handles.push(handle),
             Err(e) => {
@@ -189,6 +192,7 @@ async fn core_main(
     startup: Arc<Startup>,
     mesh: MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>,
     (metrics, admin_rx): (Arc<Metrics>, flume::Receiver<CoreMsg>),
+    handoff: Handoff,
 ) {
     let cores = config.core_count();
     let listen = config.listen_addr();
@@ -272,7 +276,7 @@ async fn core_main(
     }
     let fresh = engine.is_none();
     let engine = engine.unwrap_or_else(|| Engine::new(config.engine_config(core), now));
-    let listeners: Vec<TcpListener> = [shared, own].into_iter().flatten().collect();
+    let listeners = Listeners { shared, own, handoff };
     let core_metrics = Rc::new(metrics.core(core));
     let observed = core_metrics.clone();
     log.set_write_observer(move |seconds| observed.log_write.observe(seconds));

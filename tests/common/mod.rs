@@ -52,17 +52,19 @@ impl Server {
     /// Starts a server whose logs live in `data_dir` (the default durability is `sync`; a
     /// `[durability]` section in `extra` overrides it).
     pub fn start_in(cores: u16, extra: &str, data_dir: &std::path::Path) -> Server {
-        Server::try_start_on(cores, extra, data_dir, Ports::default()).unwrap_or_else(|stderr| {
-            panic!("the server did not report ready within {START_TIMEOUT:?}:\n{stderr}")
-        })
+        Server::try_start_on(cores, extra, data_dir, Ports::default())
+            .unwrap_or_else(|stderr| panic!("the server did not report ready within {START_TIMEOUT:?}:\n{stderr}"))
     }
 
     /// Starts a server on the given ports (0: the OS chooses); answers what it wrote to
     /// stderr if it exits, or does not report ready within 30 s.
     pub fn try_start_on(cores: u16, extra: &str, data_dir: &std::path::Path, ports: Ports) -> Result<Server, String> {
         let limits = if extra.contains("[limits]") { "" } else { "[limits]\nholds_max_per_core = 100000\n" };
-        let admin =
-            if extra.contains("[admin]") { String::new() } else { format!("[admin]\nlisten = \"127.0.0.1:{}\"\n", ports.admin) };
+        let admin = if extra.contains("[admin]") {
+            String::new()
+        } else {
+            format!("[admin]\nlisten = \"127.0.0.1:{}\"\n", ports.admin)
+        };
         let config = format!(
             "[server]\nlisten = \"127.0.0.1:{}\"\ncore_port_base = {}\ncores = {cores}\npin_cores = false\nlog_level = \"warn\"\ndata_dir = {:?}\n{limits}{admin}{extra}\n",
             ports.listen,
