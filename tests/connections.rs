@@ -36,20 +36,24 @@ fn raw(addr: SocketAddr) -> TcpStream {
     s
 }
 
-/// `count` consecutive free loopback ports (the first one chosen by the OS). Bounded tries.
+/// `count` consecutive free loopback ports below the kernel's ephemeral range (the
+/// thousands of client connections of the other tests take ports in that range, and one
+/// of them could take a port between the kill and the restart). Bounded tries.
 fn free_ports(count: u16) -> u16 {
-    for _ in 0..50 {
-        let first = TcpListener::bind("127.0.0.1:0").unwrap();
-        let base = first.local_addr().unwrap().port();
-        if base.checked_add(count).is_none() {
-            continue;
-        }
-        let rest: Result<Vec<_>, _> = (1..count).map(|i| TcpListener::bind(("127.0.0.1", base + i))).collect();
-        if rest.is_ok() {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let ephemeral_low: u16 = range.split_whitespace().next().and_then(|p| p.parse().ok()).unwrap_or(32768);
+    assert!(ephemeral_low > 10_000 + count, "the ephemeral range starts at {ephemeral_low}");
+    let span = (ephemeral_low - 10_000 - count) as u32;
+    // Different test processes start their search at different ports.
+    let mut base = 10_000 + (std::process::id() * 7919 % span) as u16;
+    for _ in 0..200 {
+        let bound: Result<Vec<_>, _> = (0..count).map(|i| TcpListener::bind(("127.0.0.1", base + i))).collect();
+        if bound.is_ok() {
             return base;
         }
+        base = 10_000 + ((base - 10_000 + count) as u32 % span) as u16;
     }
-    panic!("no {count} consecutive free ports found in 50 tries");
+    panic!("no {count} consecutive free ports found below {ephemeral_low} in 200 tries");
 }
 
 /// A 32-byte ping request.
