@@ -569,6 +569,29 @@ mod tests {
     }
 
     #[test]
+    fn connection_limits_are_checked() {
+        let c = Config::parse(
+            "[limits]\nframe_read_timeout_ms = 0\nwrite_stall_timeout_ms = 3600001\noutput_buffer_max_bytes = 4095\n",
+        )
+        .unwrap();
+        let ConfigError::Invalid(problems) = c.validate().unwrap_err() else { panic!("expected Invalid") };
+        assert_eq!(
+            problems,
+            [
+                "limits.frame_read_timeout_ms: 0 is not within 1..=3600000",
+                "limits.write_stall_timeout_ms: 3600001 is not within 1..=3600000",
+                "limits.output_buffer_max_bytes: 4095 is not within 4096..=1073741824",
+            ]
+        );
+        let shipped = Config::embedded_default().limits;
+        assert_eq!(
+            (shipped.frame_read_timeout_ms, shipped.output_buffer_max_bytes, shipped.write_stall_timeout_ms),
+            (10_000, 1 << 20, 10_000),
+            "configs/default.toml states the defaults"
+        );
+    }
+
+    #[test]
     fn unknown_fields_are_refused() {
         assert!(matches!(Config::parse("[limits]\nframe_size_max = 5"), Err(ConfigError::Parse(_))));
     }
