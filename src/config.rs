@@ -183,6 +183,15 @@ pub struct Limits {
     pub retention_bytes_max_per_core: u64,
     /// The retry hint sent with `busy`, in ms. Default `5`.
     pub busy_retry_after_ms: u32,
+    /// How long a partial frame may wait for the rest of its bytes, from its first byte,
+    /// in ms; then the connection is closed without an answer. Default `10000`.
+    pub frame_read_timeout_ms: u64,
+    /// Answers a connection may have waiting to be written, in bytes: past it the server
+    /// reads no further frame of that connection until they are written. Default 1 MiB.
+    pub output_buffer_max_bytes: u32,
+    /// How long a write of answers may make no progress (the client takes none of them), in
+    /// ms; then the connection is closed. Default `10000`.
+    pub write_stall_timeout_ms: u64,
 }
 
 impl Limits {
@@ -212,6 +221,9 @@ impl Default for Limits {
             reservation_retention_s_min: 30,
             retention_bytes_max_per_core: 1 << 30,
             busy_retry_after_ms: 5,
+            frame_read_timeout_ms: 10_000,
+            output_buffer_max_bytes: 1 << 20,
+            write_stall_timeout_ms: 10_000,
         }
     }
 }
@@ -546,6 +558,15 @@ impl Config {
             (1..=60_000).contains(&l.busy_retry_after_ms),
             format!("limits.busy_retry_after_ms: {} is not within 1..=60000", l.busy_retry_after_ms),
         );
+        for (name, value) in
+            [("frame_read_timeout_ms", l.frame_read_timeout_ms), ("write_stall_timeout_ms", l.write_stall_timeout_ms)]
+        {
+            check((1..=3_600_000).contains(&value), format!("limits.{name}: {value} is not within 1..=3600000"));
+        }
+        check(
+            (4096..=1 << 30).contains(&l.output_buffer_max_bytes),
+            format!("limits.output_buffer_max_bytes: {} is not within 4096..=1073741824", l.output_buffer_max_bytes),
+        );
         let d = &self.durability;
         check(
             (1..=1000).contains(&d.fsync_interval_ms),
@@ -680,6 +701,29 @@ mod tests {
         let long = config("127.0.0.1:7400", &"x".repeat(256), false);
         let ConfigError::Invalid(problems) = long.validate().unwrap_err() else { panic!("Invalid") };
         assert_eq!(problems, ["admin.token: 256 bytes, more than the 255 an auth frame carries"]);
+    }
+
+    #[test]
+    fn connection_limits_are_checked() {
+        let c = Config::parse(
+            "[limits]\nframe_read_timeout_ms = 0\nwrite_stall_timeout_ms = 3600001\noutput_buffer_max_bytes = 4095\n",
+        )
+        .unwrap();
+        let ConfigError::Invalid(problems) = c.validate().unwrap_err() else { panic!("expected Invalid") };
+        assert_eq!(
+            problems,
+            [
+                "limits.frame_read_timeout_ms: 0 is not within 1..=3600000",
+                "limits.write_stall_timeout_ms: 3600001 is not within 1..=3600000",
+                "limits.output_buffer_max_bytes: 4095 is not within 4096..=1073741824",
+            ]
+        );
+        let shipped = Config::embedded_default().limits;
+        assert_eq!(
+            (shipped.frame_read_timeout_ms, shipped.output_buffer_max_bytes, shipped.write_stall_timeout_ms),
+            (10_000, 1 << 20, 10_000),
+            "configs/default.toml states the defaults"
+        );
     }
 
     #[test]

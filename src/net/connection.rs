@@ -10,15 +10,26 @@
 //! connection's mailbox; frames are answered when complete, so responses may overtake one
 //! another and clients match them by request id.
 //!
-//! A partial frame waits for the rest of its bytes. A frame that breaks the protocol gets
-//! an error frame with its status, after which the connection is closed; other
+//! A partial frame waits for the rest of its bytes, for at most `frame_read_timeout_ms`
+//! from its first byte; then the connection is closed. A frame that breaks the protocol
+//! gets an error frame with its status, after which the connection is closed; other
 //! connections are not affected.
+//!
+//! What a connection costs: buffers only while it has bytes to handle. A connection that
+//! waits for input gives its read and output buffers back to a small per-core pool (a
+//! partial frame of up to `PARTIAL_KEEP_BYTES` is kept in a buffer of its own size), so an
+//! idle connection holds none. Answers wait in the output buffer up to
+//! `output_buffer_max_bytes`: past it, no further frame is read until the answers are
+//! written, so a client that sends faster than it reads is slowed down, and a write that
+//! makes no progress for `write_stall_timeout_ms` (the client takes none of its answers)
+//! closes the connection.
 
+use std::cell::RefCell;
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -38,6 +49,56 @@ use crate::runtime::mesh::{FrameRef, Op, OpOutput, RpcReq, RpcResp};
 use crate::shard::Command;
 
 const READ_BUFFER_BYTES: usize = 64 << 10;
+/// A waiting connection's partial frame up to this size moves to a buffer of its own size,
+/// so that the read buffer can go back to the pool.
+const PARTIAL_KEEP_BYTES: usize = 4 << 10;
+/// Idle buffers each core keeps for the next connection with bytes to handle (of each kind:
+/// read and output); more are freed. At most 16 × (64 + 128) KiB per core.
+const POOLED_BUFFERS_MAX: usize = 16;
+/// Output buffers grown beyond this are freed rather than pooled.
+const POOLED_OUT_CAPACITY_MAX: usize = 2 * READ_BUFFER_BYTES;
+
+thread_local! {
+    /// Read buffers (of `READ_BUFFER_BYTES`) of this core's connections that wait for input.
+    static READ_BUFFERS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    /// Empty output buffers of this core's connections that wait for input.
+    static OUT_BUFFERS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A read buffer of `READ_BUFFER_BYTES` holding `keep` at its front.
+fn take_read_buffer(keep: &[u8]) -> Vec<u8> {
+    let mut buf = READ_BUFFERS.with_borrow_mut(|pool| pool.pop()).unwrap_or_else(|| vec![0; READ_BUFFER_BYTES]);
+    buf[..keep.len()].copy_from_slice(keep);
+    buf
+}
+
+/// Gives a read buffer back (one grown for a large frame is freed).
+fn give_read_buffer(buf: Vec<u8>) {
+    if buf.len() == READ_BUFFER_BYTES {
+        READ_BUFFERS.with_borrow_mut(|pool| {
+            if pool.len() < POOLED_BUFFERS_MAX {
+                pool.push(buf);
+            }
+        });
+    }
+}
+
+/// An empty output buffer.
+fn take_out_buffer() -> Vec<u8> {
+    OUT_BUFFERS.with_borrow_mut(|pool| pool.pop()).unwrap_or_else(|| Vec::with_capacity(READ_BUFFER_BYTES))
+}
+
+/// Gives an empty output buffer back (a large one is freed).
+fn give_out_buffer(buf: Vec<u8>) {
+    debug_assert!(buf.is_empty());
+    if buf.capacity() <= POOLED_OUT_CAPACITY_MAX {
+        OUT_BUFFERS.with_borrow_mut(|pool| {
+            if pool.len() < POOLED_BUFFERS_MAX {
+                pool.push(buf);
+            }
+        });
+    }
+}
 /// Answers ready to write are not held back for forwarded ones beyond this size.
 const HOLD_BACK_MAX_BYTES: usize = 64 << 10;
 
@@ -63,15 +124,21 @@ struct Timed {
 
 enum Wake {
     Data(usize),
+    /// Whole frames left unread while the output buffer was full.
+    Input,
     Eof,
     Events,
     Failed,
 }
 
 /// Serves one accepted connection until the client closes it or breaks the protocol.
-pub async fn serve(core: Rc<CoreRuntime>, mut stream: TcpStream) {
+/// `opened` is its registration ([`CoreRuntime::open_connection`], taken when it was
+/// accepted); `None` (the core is full) answers `busy` and closes it.
+pub async fn serve(core: Rc<CoreRuntime>, mut stream: TcpStream, opened: Option<(u64, Rc<ConnShared>)>) {
     let _ = stream.set_nodelay(true);
-    let Some((id, shared)) = core.open_connection() else {
+    // A write that makes no progress this long (the client takes none of its answers) fails.
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(core.config.limits.write_stall_timeout_ms)));
+    let Some((id, shared)) = opened else {
         core.metrics.count_busy(BusyReason::Connections, 1);
         let mut out = Vec::new();
         let mut h = Header::response(Opcode::Error as u8, 0, Status::Busy, 0, 0);
@@ -91,13 +158,17 @@ pub async fn serve(core: Rc<CoreRuntime>, mut stream: TcpStream) {
             batch_operations_max: limits.batch_operations_max,
         },
         inflight_max: limits.inflight_frames_max_per_connection,
+        out_max: limits.output_buffer_max_bytes as usize,
+        frame_read_timeout: Duration::from_millis(limits.frame_read_timeout_ms),
         core: core.clone(),
         id,
         shared,
-        inbuf: vec![0; READ_BUFFER_BYTES],
+        inbuf: Vec::new(),
         start: 0,
         end: 0,
-        out: Vec::with_capacity(READ_BUFFER_BYTES),
+        input_waiting: false,
+        partial_since: None,
+        out: Vec::new(),
         pending: Vec::new(),
         free: Vec::new(),
         forwards: (0..core.cores).map(|_| Vec::new()).collect(),
@@ -113,6 +184,7 @@ pub async fn serve(core: Rc<CoreRuntime>, mut stream: TcpStream) {
     // Counted before the client can see the end of the connection.
     core.metrics.count_closed(how);
     core.close_connection(id);
+    conn.release_buffers();
     let _ = stream.close().await;
 }
 
@@ -120,11 +192,21 @@ struct Connection {
     core: Rc<CoreRuntime>,
     limits: FrameLimits,
     inflight_max: u32,
+    /// Past this many bytes of answers, no further frame is read before they are written.
+    out_max: usize,
+    /// How long a partial frame may wait for the rest of its bytes.
+    frame_read_timeout: Duration,
     id: u64,
     shared: Rc<ConnShared>,
+    /// Read buffer: empty while the connection waits with no partial frame.
     inbuf: Vec<u8>,
     start: usize,
     end: usize,
+    /// Whole frames wait in `inbuf`, left while the output buffer was full.
+    input_waiting: bool,
+    /// When the first bytes of the partial frame in `inbuf` arrived.
+    partial_since: Option<Instant>,
+    /// Answers to write: no capacity while the connection waits with nothing to write.
     out: Vec<u8>,
     pending: Vec<Option<PendingFrame>>,
     free: Vec<u32>,
@@ -151,36 +233,56 @@ impl Connection {
     /// write fails).
     async fn run(&mut self, stream: &mut TcpStream) -> Closed {
         loop {
-            if self.eof && self.inflight() == 0 {
+            if self.eof && self.inflight() == 0 && !self.input_waiting {
                 return Closed::Client;
             }
-            let wake = {
+            let wake = if self.input_waiting {
+                Wake::Input
+            } else {
+                // A partial frame must be complete within the timeout from its first byte.
+                let timeout = self.partial_since.map(|since| {
+                    (since + self.frame_read_timeout)
+                        .saturating_duration_since(Instant::now())
+                        .max(Duration::from_millis(1))
+                });
+                let _ = stream.set_read_timeout(timeout);
                 let shared = &self.shared;
                 let eof = self.eof;
-                let buf = &mut self.inbuf[self.end..];
+                let (inbuf, end, out) = (&mut self.inbuf, self.end, &mut self.out);
                 poll_fn(|cx| {
                     if shared.has_events() {
                         return Poll::Ready(Wake::Events);
                     }
                     shared.set_waker(cx.waker());
                     if eof {
+                        park_buffers(inbuf, end, out);
                         return Poll::Pending;
                     }
-                    match Pin::new(&mut *stream).poll_read(cx, buf) {
+                    if inbuf.len() < READ_BUFFER_BYTES {
+                        *inbuf = take_read_buffer(&inbuf[..end]);
+                    }
+                    match Pin::new(&mut *stream).poll_read(cx, &mut inbuf[end..]) {
                         Poll::Ready(Ok(0)) => Poll::Ready(Wake::Eof),
                         Poll::Ready(Ok(n)) => Poll::Ready(Wake::Data(n)),
                         Poll::Ready(Err(_)) => Poll::Ready(Wake::Failed),
-                        Poll::Pending => Poll::Pending,
+                        Poll::Pending => {
+                            park_buffers(inbuf, end, out);
+                            Poll::Pending
+                        }
                     }
                 })
                 .await
             };
+            if self.out.capacity() == 0 {
+                self.out = take_out_buffer();
+            }
             match wake {
                 Wake::Data(n) => {
                     self.end += n;
                     self.read_at = Instant::now();
                     self.process_input();
                 }
+                Wake::Input => self.process_input(),
                 Wake::Eof => self.eof = true,
                 Wake::Events => {}
                 Wake::Failed => return Closed::Error,
@@ -191,7 +293,11 @@ impl Connection {
             // Answers that are ready wait for those just forwarded to another core, so that
             // one write carries both. They wait only until the connection's next wake-up
             // (a result from another core, or more input), and never two turns in a row.
-            let hold = forwarded && !self.held_back && !self.closing && self.out.len() < HOLD_BACK_MAX_BYTES;
+            let hold = forwarded
+                && !self.held_back
+                && !self.closing
+                && !self.input_waiting
+                && self.out.len() < HOLD_BACK_MAX_BYTES;
             self.held_back = hold;
             if !hold && !self.out.is_empty() {
                 // In sync mode nothing is answered before the log holds it (group commit:
@@ -207,6 +313,12 @@ impl Connection {
                 return Closed::Error;
             }
         }
+    }
+
+    /// Frees the buffers of a closed connection (into the pool where they fit).
+    fn release_buffers(&mut self) {
+        self.out.clear();
+        park_buffers(&mut self.inbuf, 0, &mut self.out);
     }
 
     /// Records the latency of the reserve and confirm answers about to be written (one clock
@@ -227,7 +339,13 @@ impl Connection {
         let buf = std::mem::take(&mut self.inbuf);
         // One clock read for everything that arrived together.
         let now_ms = self.core.now_ms();
+        self.input_waiting = false;
         loop {
+            // Past the output bound, the rest waits until the answers are written.
+            if self.out.len() >= self.out_max && self.start < self.end {
+                self.input_waiting = true;
+                break;
+            }
             match next_frame(&buf[self.start..self.end], &self.limits) {
                 Ok(None) => break,
                 Ok(Some((header, len))) => {
@@ -252,6 +370,8 @@ impl Connection {
             }
         }
         self.inbuf = buf;
+        // The partial frame left (if any) began in this read when a frame ended in it.
+        let consumed = self.start > 0;
         // Keep the unread tail at the front, and make room for a frame larger than the buffer.
         if self.start > 0 {
             self.inbuf.copy_within(self.start..self.end, 0);
@@ -267,6 +387,12 @@ impl Connection {
                 self.inbuf.resize(needed, 0);
             }
         }
+        self.partial_since = match self.end {
+            0 => None,
+            _ if self.input_waiting => None,
+            _ if consumed => Some(self.read_at),
+            _ => self.partial_since.or(Some(self.read_at)),
+        };
     }
 
     /// Answers one frame; `Err(status)` closes the connection with that status.
@@ -573,6 +699,23 @@ impl Connection {
             }
         }
         self.events = events;
+    }
+}
+
+/// A connection about to wait gives its buffers back: the read buffer when it holds no
+/// bytes (a partial frame of up to `PARTIAL_KEEP_BYTES` moves to a buffer of its own
+/// size), the output buffer when it is empty.
+fn park_buffers(inbuf: &mut Vec<u8>, end: usize, out: &mut Vec<u8>) {
+    if end == 0 {
+        if !inbuf.is_empty() {
+            give_read_buffer(std::mem::take(inbuf));
+        }
+    } else if end <= PARTIAL_KEEP_BYTES && inbuf.len() > end {
+        let kept = inbuf[..end].to_vec();
+        give_read_buffer(std::mem::replace(inbuf, kept));
+    }
+    if out.is_empty() && out.capacity() > 0 {
+        give_out_buffer(std::mem::take(out));
     }
 }
 

@@ -121,7 +121,7 @@ pub struct CoreRuntime {
     /// the LSN they wait for, in sending order.
     deferred: RefCell<VecDeque<(u64, u16, MeshMsg)>>,
     /// The listeners, until the core starts serving.
-    listeners: RefCell<Vec<glommio::net::TcpListener>>,
+    listeners: RefCell<Option<crate::net::listener::Listeners>>,
     forwarded_inflight: Cell<u32>,
     rpc_waiting: RefCell<HashMap<u64, flume::Sender<RpcResp>>>,
     next_token: Cell<u64>,
@@ -148,7 +148,7 @@ pub struct CoreIo {
     /// The core's write-ahead log.
     pub log: Rc<LogWriter>,
     /// The listeners it will serve.
-    pub listeners: Vec<glommio::net::TcpListener>,
+    pub listeners: crate::net::listener::Listeners,
     /// The counts scrapes collect.
     pub metrics: Rc<CoreMetrics>,
 }
@@ -172,7 +172,7 @@ impl CoreRuntime {
             mesh,
             log,
             deferred: RefCell::new(VecDeque::new()),
-            listeners: RefCell::new(listeners),
+            listeners: RefCell::new(Some(listeners)),
             forwarded_inflight: Cell::new(0),
             rpc_waiting: RefCell::new(HashMap::new()),
             next_token: Cell::new(1),
@@ -988,8 +988,8 @@ impl CoreRuntime {
     /// accepts connections.
     fn resume(self: &Rc<Self>) {
         self.tick();
-        for listener in self.listeners.borrow_mut().drain(..) {
-            glommio::spawn_local(crate::net::listener::accept_loop(self.clone(), listener)).detach();
+        if let Some(listeners) = self.listeners.borrow_mut().take() {
+            crate::net::listener::serve(self.clone(), listeners);
         }
     }
 

@@ -29,6 +29,7 @@ use crate::admin::CoreMsg;
 use crate::admin::http::AdminServer;
 use crate::admin::metrics::Metrics;
 use crate::config::Config;
+use crate::net::listener::{Handoff, Listeners};
 use crate::shard::Command;
 use crate::shard::Engine;
 use crate::wal::Durability;
@@ -104,6 +105,7 @@ pub fn run(mut config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), Star
         })?),
         None => None,
     };
+    let mut handoffs = Handoff::links(cores).into_iter();
     let cpus: Vec<usize> = CpuSet::online().map(|set| set.iter().map(|l| l.cpu).collect()).unwrap_or_default();
     let mut handles = Vec::new();
     for (core, admin_rx) in (0..cores).zip(admin_rx) {
@@ -114,11 +116,12 @@ pub fn run(mut config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), Star
         };
         let (config, startup, mesh) = (config.clone(), startup.clone(), mesh.clone());
         let metrics = metrics.clone();
+        let handoff = handoffs.next().expect("one link per core");
         let spawned = LocalExecutorBuilder::new(placement)
             .name(&format!("shardcap-core-{core}"))
             .io_memory(config.server.io_memory_bytes)
             .spin_before_park(Duration::from_micros(config.server.spin_before_park_us))
-            .spawn(move || core_main(core, config, startup, mesh, (metrics, admin_rx)));
+            .spawn(move || core_main(core, config, startup, mesh, (metrics, admin_rx), handoff));
         match spawned {
             Ok(handle) => handles.push(handle),
             Err(e) => {
@@ -156,13 +159,31 @@ pub fn run(mut config: Config, on_ready: impl FnOnce(&Ready)) -> Result<(), Star
     Ok(())
 }
 
-/// Binds `addr` with SO_REUSEPORT, first checking that no other socket holds the port (a
-/// second server on the same port would silently share its connections).
+/// Binds `addr` like [`bind_listener`], first checking that no live listener holds the
+/// port (with SO_REUSEPORT a second server of the same user would bind too and silently
+/// share the port's connections). The probe sets SO_REUSEADDR but not SO_REUSEPORT: it
+/// binds over the TIME_WAIT connections of a crashed server, never over a listener.
 fn bind_exclusive(addr: SocketAddr) -> std::io::Result<TcpListener> {
     if addr.port() != 0 {
+        // std sets SO_REUSEADDR on Unix.
         drop(std::net::TcpListener::bind(addr)?);
     }
-    TcpListener::bind(addr).map_err(|e| std::io::Error::other(e.to_string()))
+    bind_listener(addr)
+}
+
+/// A listener on `addr` with SO_REUSEPORT (every core accepts on the shared port) and
+/// SO_REUSEADDR (a server restarted after a crash binds at once, although the dead
+/// server's side of its last connections sits in TIME_WAIT).
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    // SAFETY: the descriptor is a bound, listening TCP socket that nothing else owns.
+    Ok(unsafe { TcpListener::from_raw_fd(socket.into_raw_fd()) })
 }
 
 async fn core_main(
@@ -171,6 +192,7 @@ async fn core_main(
     startup: Arc<Startup>,
     mesh: MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>,
     (metrics, admin_rx): (Arc<Metrics>, flume::Receiver<CoreMsg>),
+    handoff: Handoff,
 ) {
     let cores = config.core_count();
     let listen = config.listen_addr();
@@ -190,7 +212,7 @@ async fn core_main(
     if core != 0 && shared_port != 0 {
         let mut addr = listen;
         addr.set_port(shared_port);
-        match TcpListener::bind(addr) {
+        match bind_listener(addr) {
             Ok(l) => shared = Some(l),
             Err(e) => startup.fail(format!("core {core}: cannot bind {addr}: {e}")),
         }
@@ -254,7 +276,7 @@ async fn core_main(
     }
     let fresh = engine.is_none();
     let engine = engine.unwrap_or_else(|| Engine::new(config.engine_config(core), now));
-    let listeners: Vec<TcpListener> = [shared, own].into_iter().flatten().collect();
+    let listeners = Listeners { shared, own, handoff };
     let core_metrics = Rc::new(metrics.core(core));
     let observed = core_metrics.clone();
     log.set_write_observer(move |seconds| observed.log_write.observe(seconds));

@@ -57,13 +57,37 @@ impl Server {
 
     /// Starts a server as `setup` says, with its logs in `data_dir`.
     pub fn start_with(setup: &Setup, data_dir: &std::path::Path) -> Server {
+        Server::try_start_with(setup, data_dir)
+            .unwrap_or_else(|stderr| panic!("the server did not report ready within {START_TIMEOUT:?}:\n{stderr}"))
+    }
+
+    /// Starts a server on the given ports (0: the OS chooses); answers what it wrote to
+    /// stderr if it exits, or does not report ready within 30 s.
+    pub fn try_start_on(cores: u16, extra: &str, data_dir: &std::path::Path, ports: Ports) -> Result<Server, String> {
+        let listen = format!("127.0.0.1:{}", ports.listen);
+        let setup = Setup { cores, extra, listen: &listen, ports, ..Setup::default() };
+        Server::try_start_with(&setup, data_dir)
+    }
+
+    /// Starts a server as `setup` says; answers what it wrote to stderr if it exits, or does
+    /// not report ready within 30 s.
+    pub fn try_start_with(setup: &Setup, data_dir: &std::path::Path) -> Result<Server, String> {
         let config_path = setup.write_config(data_dir);
-        let mut child = setup
-            .command(&config_path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start shardcap");
+        let mut child =
+            setup.command(&config_path).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start shardcap");
+        // stderr is passed on as it comes, and kept for the answer of a failed start.
+        let stderr = child.stderr.take().expect("stderr");
+        let (err_tx, err_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("{line}");
+                text.push_str(&line);
+                text.push('\n');
+            }
+            let _ = err_tx.send(text);
+        });
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -78,7 +102,9 @@ impl Server {
             Ok(line) => line,
             Err(_) => {
                 let _ = child.kill();
-                panic!("server did not report ready within {START_TIMEOUT:?}");
+                let _ = child.wait();
+                let _ = std::fs::remove_file(&config_path);
+                return Err(err_rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default());
             }
         };
         let field = |name: &str| -> String {
@@ -93,7 +119,7 @@ impl Server {
             "off" => None,
             a => Some(a.parse().expect("admin address")),
         };
-        Server { child, addr, core_ports, admin, config_path, data_dir: data_dir.to_path_buf(), keep_data: false }
+        Ok(Server { child, addr, core_ports, admin, config_path, data_dir: data_dir.to_path_buf(), keep_data: false })
     }
 
     /// Kills the process at once (SIGKILL: no clean shutdown) and keeps its data directory
@@ -113,6 +139,17 @@ impl Server {
     /// A client connected to core `core`'s own port.
     pub fn core_client(&self, core: u16) -> Client {
         Client::connect(("127.0.0.1", self.core_ports[core as usize])).expect("connect to core port")
+    }
+
+    /// The server's resident memory now (VmRSS in /proc/<pid>/status), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.child.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read the server's /proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
     }
 
     /// True while the process runs.
@@ -146,11 +183,24 @@ pub struct Setup<'a> {
     pub extra: &'a str,
     /// Flags after `serve --config FILE`.
     pub args: &'a [&'a str],
+    /// The core ports' base and the admin port (0: the OS chooses).
+    pub ports: Ports,
+}
+
+/// The ports a server starts on ([`Server::try_start_on`]); 0 lets the OS choose.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Ports {
+    /// The shared data port.
+    pub listen: u16,
+    /// Core `i` listens on `core_port_base + i`.
+    pub core_port_base: u16,
+    /// The admin port.
+    pub admin: u16,
 }
 
 impl Default for Setup<'_> {
     fn default() -> Self {
-        Setup { cores: 1, listen: "127.0.0.1:0", server_extra: "", extra: "", args: &[] }
+        Setup { cores: 1, listen: "127.0.0.1:0", server_extra: "", extra: "", args: &[], ports: Ports::default() }
     }
 }
 
@@ -163,9 +213,14 @@ impl Setup<'_> {
         } else {
             "[limits]\nholds_max_per_core = 100000\nretention_bytes_max_per_core = 16777216\n"
         };
-        let admin = if extra.contains("[admin]") { "" } else { "[admin]\nlisten = \"127.0.0.1:0\"\n" };
+        let admin = if extra.contains("[admin]") {
+            String::new()
+        } else {
+            format!("[admin]\nlisten = \"127.0.0.1:{}\"\n", self.ports.admin)
+        };
         let config = format!(
-            "[server]\nlisten = \"{listen}\"\ncore_port_base = 0\ncores = {cores}\npin_cores = false\nlog_level = \"warn\"\ndata_dir = {:?}\n{server_extra}\n{limits}{admin}{extra}\n",
+            "[server]\nlisten = \"{listen}\"\ncore_port_base = {}\ncores = {cores}\npin_cores = false\nlog_level = \"warn\"\ndata_dir = {:?}\n{server_extra}\n{limits}{admin}{extra}\n",
+            self.ports.core_port_base,
             data_dir.display().to_string()
         );
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
