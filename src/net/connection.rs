@@ -316,10 +316,14 @@ impl Connection {
                 match self.core.pool_info(pool_ref.id, &pool_ref.name) {
                     None => self.respond_status(opcode, id, Status::PoolNotFound),
                     Some(info) => self.control(opcode, id, move |core| async move {
-                        let status = core.pool_status(info).await;
                         let mut body = Vec::new();
-                        put_prefix(&mut body, Status::Ok);
-                        status.encode(&mut body);
+                        match core.pool_status(info).await {
+                            Ok(status) => {
+                                put_prefix(&mut body, Status::Ok);
+                                status.encode(&mut body);
+                            }
+                            Err(refused) => put_prefix(&mut body, refused),
+                        }
                         body
                     }),
                 }

@@ -94,8 +94,11 @@ pub enum RpcReq {
     Resize { pool: u32, capacity: u64 },
     /// From core 0 at start-up: the capacities of the pools this core is the home of.
     HomeCapacities,
-    /// From core 0: apply a pool creation.
+    /// From core 0: apply a pool creation, and keep the pool unknown to clients until
+    /// [`RpcReq::Publish`] (some core may not have it yet).
     ApplyCreate(PoolDef),
+    /// From core 0, once every core has applied a pool's creation: serve the pool.
+    Publish { pool: u32 },
     /// From core 0: apply a pool change core 0 has made.
     ApplyChange(Command),
     /// From core 0 at start-up: make the catalog equal to core 0's (after a crash, a core

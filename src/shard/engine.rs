@@ -353,8 +353,13 @@ impl Engine {
         self.holds.len()
     }
 
-    /// Applies one command at time `now_ms`.
+    /// Applies one command at time `now_ms`, or at the latest time seen before if that is
+    /// later: the state machine's time never goes backwards. A wall clock stepped back (NTP)
+    /// must not reopen a sale window that closed, expire holds by a deadline already passed,
+    /// or make a new hold outlive those granted before it; a replay of the log clamps alike.
     pub fn apply(&mut self, now_ms: u64, command: Command) -> Outcome {
+        self.last_now_ms = self.last_now_ms.max(now_ms);
+        let now_ms = self.last_now_ms;
         match command {
             Command::Reserve(op) => Outcome::Reserve(self.reserve(now_ms, &op)),
             Command::Confirm(op) => Outcome::Op(self.confirm(now_ms, &op)),
@@ -861,6 +866,8 @@ impl Engine {
     /// core (the user's home core has them all), each with up to `recent` of its recent
     /// events of kind `state` (held, confirmed, released, expired; 0: any), newest first.
     pub fn user_activity(&self, now_ms: u64, user: u128, pool: u32, state: u8, recent: u8) -> Vec<UserActivity> {
+        // Read outside `apply` too: time as `apply` clamps it.
+        let now_ms = now_ms.max(self.last_now_ms);
         let pools = if pool == 0 { 1..=self.pools.len() as u32 } else { pool..=pool };
         pools
             .filter_map(|id| {
@@ -1054,6 +1061,8 @@ impl Engine {
     /// as expired and a record past its retention as gone, even before a tick has
     /// processed them. A user of 0 matches any user (the slow path that asks every core).
     pub fn lookup(&self, now_ms: u64, op: &LookupOp) -> LookupResult {
+        // Read outside `apply` too: time as `apply` clamps it.
+        let now_ms = now_ms.max(self.last_now_ms);
         if op.id == 0 {
             return LookupResult::status(Status::InvalidId);
         }
