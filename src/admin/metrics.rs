@@ -89,6 +89,7 @@ pub struct Metrics {
     expirations: IntCounterVec,
     log_bytes: IntCounterVec,
     oversell: IntCounterVec,
+    clock_steps_backward: IntCounterVec,
     request_duration: HistogramVec,
     batch_operations: HistogramVec,
     log_write_duration: HistogramVec,
@@ -192,6 +193,12 @@ impl Metrics {
                 "Times the invariant check found more units held and confirmed than a shard or pool has. Must stay 0.",
                 core,
             ),
+            clock_steps_backward: counter(
+                &r,
+                "shardcap_clock_steps_backward_total",
+                "Times the wall clock was read earlier than the reading before (an NTP step back); the state machine's time stood still meanwhile.",
+                core,
+            ),
             request_duration: histogram(
                 &r,
                 "shardcap_request_duration_seconds",
@@ -252,6 +259,7 @@ impl Metrics {
         for c in 0..cores {
             let c = c.to_string();
             m.oversell.with_label_values(&[&c]);
+            m.clock_steps_backward.with_label_values(&[&c]);
             m.frames.with_label_values(&[&c]);
         }
         m
@@ -275,6 +283,7 @@ impl Metrics {
             closed_client: Cell::new(0),
             closed_error: Cell::new(0),
             oversell: Cell::new(0),
+            clock_steps_backward: Cell::new(0),
             reserve_latency: local(&self.request_duration, Some("reserve")),
             confirm_latency: local(&self.request_duration, Some("confirm")),
             batch_operations: local(&self.batch_operations, None),
@@ -294,6 +303,7 @@ impl Metrics {
                 expirations: one(&self.expirations),
                 log_bytes: one(&self.log_bytes),
                 oversell: one(&self.oversell),
+                clock_steps_backward: one(&self.clock_steps_backward),
                 connections_open: self.connections_open.with_label_values(&[&label]),
                 holds_active: self.holds_active.with_label_values(&[&label]),
                 reservation_records: self.reservation_records.with_label_values(&[&label]),
@@ -314,6 +324,7 @@ pub struct CoreMetrics {
     closed_client: Cell<u64>,
     closed_error: Cell<u64>,
     oversell: Cell<u64>,
+    clock_steps_backward: Cell<u64>,
     /// Server-side reserve latency, in seconds.
     pub reserve_latency: LocalHistogram,
     /// Server-side confirm latency, in seconds.
@@ -344,6 +355,7 @@ struct CoreSeries {
     expirations: IntCounter,
     log_bytes: IntCounter,
     oversell: IntCounter,
+    clock_steps_backward: IntCounter,
     connections_open: IntGauge,
     holds_active: IntGauge,
     reservation_records: IntGauge,
@@ -421,6 +433,11 @@ impl CoreMetrics {
         self.oversell.get()
     }
 
+    /// Counts a step backwards of the wall clock.
+    pub fn count_clock_step_backward(&self) {
+        bump(&self.clock_steps_backward, 1);
+    }
+
     /// Records `count` reserve or confirm answers that took `seconds`.
     pub fn observe_latency(&self, op: OpKind, seconds: f64, count: u32) {
         let h = if op == OpKind::Reserve { &self.reserve_latency } else { &self.confirm_latency };
@@ -451,6 +468,7 @@ impl CoreMetrics {
         catch_up(&out.closed_client, self.closed_client.get());
         catch_up(&out.closed_error, self.closed_error.get());
         catch_up(&out.oversell, self.oversell.get());
+        catch_up(&out.clock_steps_backward, self.clock_steps_backward.get());
         catch_up(&out.frames, totals.frames);
         catch_up(&out.forwarded_out, totals.forwarded_out);
         catch_up(&out.forwarded_in, totals.forwarded_in);
@@ -488,6 +506,7 @@ mod tests {
         core.count_op(OpKind::Reserve, Status::SoldOut as u8);
         core.observe_latency(OpKind::Reserve, 0.0003, 3);
         core.count_busy(BusyReason::Forwards, 4);
+        core.count_clock_step_backward();
         assert!(!text(&m).contains("shardcap_operations_total{"), "nothing before the flush");
 
         core.flush(&CoreTotals { frames: 7, holds_active: 2, ..CoreTotals::default() });
@@ -502,6 +521,8 @@ mod tests {
         assert!(t.contains(r#"shardcap_frames_total{core="1"} 7"#), "{t}");
         assert!(t.contains(r#"shardcap_holds_active{core="1"} 2"#), "{t}");
         assert!(t.contains(r#"shardcap_oversell_detected_total{core="0"} 0"#), "seen at 0 from the start: {t}");
+        assert!(t.contains(r#"shardcap_clock_steps_backward_total{core="0"} 0"#), "seen at 0 from the start: {t}");
+        assert!(t.contains(r#"shardcap_clock_steps_backward_total{core="1"} 1"#), "{t}");
 
         // A second flush adds only what is new.
         core.count_op(OpKind::Reserve, Status::Ok as u8);

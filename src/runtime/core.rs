@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::task::Waker;
 use std::time::Duration;
 
-use super::clock::Clock;
+use super::clock::{Clock, StepWatch};
 use super::mesh::{FrameRef, MeshMsg, MeshOut, Op, OpOutput, RpcReq, RpcResp};
 use crate::admin::metrics::{CoreMetrics, CoreTotals, OpKind};
 use crate::admin::{ControlReq, ControlResp, CoreMsg, CoreReport, PoolChange, PoolKey, PoolReport, PoolSelection};
@@ -110,6 +110,10 @@ pub struct CoreRuntime {
     /// Ports of every core.
     pub topology: Topology,
     clock: Box<dyn Clock>,
+    clock_watch: StepWatch,
+    /// When a step of the clock backwards was last logged (steps are logged at most every
+    /// [`CLOCK_STEP_LOG_INTERVAL`], counted always).
+    clock_step_logged: Cell<Option<std::time::Instant>>,
     engine: RefCell<Engine>,
     conns: RefCell<HashMap<u64, Rc<ConnShared>>>,
     next_conn: Cell<u64>,
@@ -139,6 +143,8 @@ pub struct CoreRuntime {
     unpublished: RefCell<Vec<u32>>,
 }
 
+/// Steps of the clock backwards are logged at most this often (each is counted).
+const CLOCK_STEP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// The longest a capacity change waits for recalls of free units to end.
 const RESIZE_RECALL_WAIT: Duration = Duration::from_secs(5);
 /// Recalls a capacity change starts at most.
@@ -169,6 +175,8 @@ impl CoreRuntime {
             config,
             topology,
             clock,
+            clock_watch: StepWatch::default(),
+            clock_step_logged: Cell::new(None),
             engine: RefCell::new(engine),
             conns: RefCell::new(HashMap::new()),
             next_conn: Cell::new(1),
@@ -206,9 +214,24 @@ impl CoreRuntime {
         *self.engine.borrow().config()
     }
 
-    /// The current time in ms since the Unix epoch.
+    /// The current time in ms since the Unix epoch, as the wall clock has it. A reading
+    /// earlier than the one before (the clock was stepped back) is counted and logged; the
+    /// state machine applies commands at the latest time it has seen in any case.
     pub fn now_ms(&self) -> u64 {
-        self.clock.now_ms()
+        let now = self.clock.now_ms();
+        if let Some(back_ms) = self.clock_watch.observe(now) {
+            self.metrics.count_clock_step_backward();
+            let logged = self.clock_step_logged.get();
+            if logged.is_none_or(|at| at.elapsed() >= CLOCK_STEP_LOG_INTERVAL) {
+                self.clock_step_logged.set(Some(std::time::Instant::now()));
+                tracing::warn!(
+                    core = self.core,
+                    back_ms,
+                    "the wall clock went back: time stands still for the state machine until it catches up"
+                );
+            }
+        }
+        now
     }
 
     /// The handshake answer for a connection on this core.
