@@ -428,6 +428,9 @@ impl CoreRuntime {
         let mut completions = self.completions.borrow_mut();
         {
             let mut engine = self.engine.borrow_mut();
+            // In release builds too: the shards this batch changed still hold no more than
+            // they have. A broken invariant stops the core.
+            engine.check_touched();
             if !engine.has_output() {
                 if cfg!(debug_assertions) {
                     engine.check_invariants();

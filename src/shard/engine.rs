@@ -300,7 +300,13 @@ pub struct Engine {
     /// Units sent to other cores and received from them since this state was built.
     units_lent: u64,
     units_borrowed: u64,
+    /// Pools whose shard changed since the last [`Engine::check_touched`] (indices; every
+    /// pool once [`TOUCHED_MAX`] are listed).
+    touched: Vec<usize>,
 }
+
+/// Shards listed for [`Engine::check_touched`]; past it, the check covers every shard.
+const TOUCHED_MAX: usize = 1024;
 
 impl Engine {
     /// An empty core state whose clock starts at `now_ms`.
@@ -324,6 +330,7 @@ impl Engine {
             held_count: 0,
             units_lent: 0,
             units_borrowed: 0,
+            touched: Vec::new(),
         }
     }
 
@@ -566,6 +573,7 @@ impl Engine {
             shard.capacity = shard.capacity + capacity - old;
             shard.share += capacity as i64 - old as i64;
             self.pools[p].def.capacity = capacity;
+            self.touch(p);
             self.pump(now_ms.max(self.last_now_ms), p);
         } else {
             self.pools[p].def.capacity = capacity;
@@ -912,6 +920,7 @@ impl Engine {
         let ttl = if op.ttl_ms == 0 { slot.def.hold_ttl_ms_default } else { op.ttl_ms };
         let expires_at = now_ms + ttl as u64;
         slot.shard.held += op.qty as u64;
+        self.touch(p);
         let slot = self.holds.insert(Hold::new(op.id, op.user, op.pool, op.qty, expires_at)).expect("checked not full");
         self.held_count += 1;
         self.wheel.insert(slot, expires_at, &mut self.holds);
@@ -991,6 +1000,7 @@ impl Engine {
                 let shard = &mut self.pools[p].shard;
                 shard.held -= h.qty() as u64;
                 shard.confirmed += h.qty() as u64;
+                self.touch(p);
                 let note = event(h.id(), now_ms, h.qty(), ReservationState::Confirmed);
                 self.count_user(now_ms, p, h.user(), [-(h.qty() as i64), h.qty() as i64, 0, 0, 0], note);
                 self.finish(now_ms, slot, ReservationState::Confirmed);
@@ -1113,6 +1123,7 @@ impl Engine {
         let h = *self.holds.get(slot);
         let p = self.pool_index(h.pool()).expect("hold of a known pool");
         self.pools[p].shard.held -= h.qty() as u64;
+        self.touch(p);
         let q = h.qty() as i64;
         let delta = if state == ReservationState::Expired { [-q, 0, 0, 0, q] } else { [-q, 0, 0, q, 0] };
         self.count_user(now_ms, p, h.user(), delta, event(h.id(), now_ms, h.qty(), state));
@@ -1173,6 +1184,7 @@ impl Engine {
             shard.capacity -= units;
             shard.lent += units;
             self.units_lent += units;
+            self.touch(p);
         }
         self.stats.borrow_messages += 1;
         let link = &mut self.links[to as usize];
@@ -1186,6 +1198,7 @@ impl Engine {
         shard.capacity += units;
         shard.borrowed += units;
         self.units_borrowed += units;
+        self.touch(p);
     }
 
     fn complete(&mut self, ticket: u64, result: OpResult) {
@@ -1463,16 +1476,30 @@ impl Engine {
     /// The first shard that holds and confirms more units than it has (an oversell), or
     /// whose units do not add up with those lent and borrowed (units created or lost).
     pub fn accounting_failure(&self) -> Option<String> {
-        self.pools.iter().find_map(|slot| {
-            let (s, id) = (&slot.shard, slot.def.id);
-            if s.held + s.confirmed > s.capacity {
-                Some(format!("oversell on pool {id}: {s:?}"))
-            } else if (s.capacity + s.lent) as i128 != s.share as i128 + s.borrowed as i128 {
-                Some(format!("units created or lost on pool {id}: {s:?}"))
-            } else {
-                None
-            }
-        })
+        self.pools.iter().find_map(|slot| slot.shard.accounting_failure(slot.def.id))
+    }
+
+    /// Notes that pool `p`'s shard changed, for [`Self::check_touched`].
+    fn touch(&mut self, p: usize) {
+        if self.touched.len() < TOUCHED_MAX && self.touched.last() != Some(&p) {
+            self.touched.push(p);
+        }
+    }
+
+    /// Checks the accounting of every shard changed since the last call (`held + confirmed
+    /// <= capacity`, units conserved: [`Shard::accounting_failure`]) and panics on a
+    /// violation. Cheap (a few compares per shard changed): the runtime runs it after every
+    /// batch, in release builds too.
+    pub fn check_touched(&mut self) {
+        let broken = if self.touched.len() >= TOUCHED_MAX {
+            self.accounting_failure()
+        } else {
+            self.touched.iter().find_map(|&p| self.pools[p].shard.accounting_failure(self.pools[p].def.id))
+        };
+        if let Some(broken) = broken {
+            panic!("invariant broken after a batch: {broken}");
+        }
+        self.touched.clear();
     }
 
     /// Checks the invariants and, record by record, that each shard's `held` is the sum of
