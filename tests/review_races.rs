@@ -112,3 +112,20 @@ fn a_pool_status_during_a_pool_creation_counts_no_oversell() {
     let oversell = metric_sum(server.admin.unwrap(), "shardcap_oversell_detected_total");
     assert_eq!(oversell, 0.0, "no oversell happened, none may be counted");
 }
+
+#[test]
+fn a_name_too_long_for_the_protocol_is_refused_by_the_client_and_the_connection_stays_open() {
+    let server = Server::start(2, "");
+    let mut c = client(server.client());
+    let err = c.pool_create(&pool_request(&"n".repeat(300), 10)).expect_err("refused before it is sent");
+    assert_eq!(err.to_string(), "request not sent: the pool name is 300 bytes long; the protocol carries at most 64");
+    let err = c.pool_rename(1, &"n".repeat(65)).expect_err("refused before it is sent");
+    assert_eq!(err.to_string(), "request not sent: the pool name is 65 bytes long; the protocol carries at most 64");
+    let err = c.pool_set_description(1, &"d".repeat(256)).expect_err("refused before it is sent");
+    assert_eq!(
+        err.to_string(),
+        "request not sent: the description is 256 bytes long; the protocol carries at most 255"
+    );
+    c.ping().expect("nothing malformed was sent: the connection is still open");
+    assert!(c.pool_list().unwrap().is_empty(), "nothing was created");
+}

@@ -60,9 +60,11 @@ pub enum BusyReason {
     Forwards = 1,
     /// The core had `connections_max_per_core` connections.
     Connections = 2,
+    /// The core had `mesh_queue_messages_max` messages queued for another core.
+    Mesh = 3,
 }
 
-const BUSY_REASONS: [&str; 3] = ["inflight", "forwards", "connections"];
+const BUSY_REASONS: [&str; 4] = ["inflight", "forwards", "connections", "mesh"];
 
 /// How a connection ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -319,7 +321,7 @@ impl Metrics {
 /// touches them.
 pub struct CoreMetrics {
     operations: Box<[Cell<u64>]>,
-    busy: [Cell<u64>; 3],
+    busy: [Cell<u64>; 4],
     connections_opened: Cell<u64>,
     closed_client: Cell<u64>,
     closed_error: Cell<u64>,
@@ -343,7 +345,7 @@ struct CoreSeries {
     /// Made on first use: only the combinations seen are exported.
     operations: Vec<Option<IntCounter>>,
     frames: IntCounter,
-    busy: [IntCounter; 3],
+    busy: [IntCounter; 4],
     forwarded_out: IntCounter,
     forwarded_in: IntCounter,
     borrow_messages: IntCounter,

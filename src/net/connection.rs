@@ -481,6 +481,9 @@ impl Connection {
                         waiting += 1;
                     }
                 }
+            } else if !self.core.mesh_has_room(home) {
+                self.core.metrics.count_busy(BusyReason::Mesh, 1);
+                busy_output(opcode).encode(&mut self.out[at_offset..at_offset + out_size]);
             } else if self.core.admit_forwards(1) {
                 let at = self.frame_ref(&mut slot, index);
                 self.forwards[home as usize].push((at, op));

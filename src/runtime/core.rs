@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::clock::{Clock, StepWatch};
 use super::mesh::{FrameRef, MeshMsg, MeshOut, Op, OpOutput, RpcReq, RpcResp};
-use crate::admin::metrics::{CoreMetrics, CoreTotals, OpKind};
+use crate::admin::metrics::{BusyReason, CoreMetrics, CoreTotals, OpKind};
 use crate::admin::{ControlReq, ControlResp, CoreMsg, CoreReport, PoolChange, PoolKey, PoolReport, PoolSelection};
 use crate::config::Config;
 use crate::protocol::control::Hello;
@@ -320,6 +320,14 @@ impl CoreRuntime {
                 self.metrics.count_op(OpKind::Reserve, Status::PoolNotFound as u8);
                 return Ok(OpOutput::Op(OpResult::status(Status::PoolNotFound)));
             }
+            // The queue to some core is full: a reserve may borrow or recall, a release may
+            // send freed units home; refused until it drains (mesh.rs).
+            Op::Reserve(_) | Op::Release(_) if self.mesh.congested() => {
+                let kind = if matches!(op, Op::Reserve(_)) { OpKind::Reserve } else { OpKind::Release };
+                self.metrics.count_busy(BusyReason::Mesh, 1);
+                self.metrics.count_op(kind, Status::Busy as u8);
+                return Ok(OpOutput::Op(Self::busy()));
+            }
             Op::Reserve(op) => (OpKind::Reserve, Command::Reserve(op)),
             Op::Confirm(op) => (OpKind::Confirm, Command::Confirm(op)),
             Op::Release(op) => (OpKind::Release, Command::Release(op)),
@@ -338,6 +346,12 @@ impl CoreRuntime {
             Outcome::Reserve(Reply::Parked(ticket)) => Err(ticket),
             other => unreachable!("client operation answered {other:?}"),
         }
+    }
+
+    /// True if operations may be forwarded to core `to`: its mesh queue is below
+    /// `mesh_queue_messages_max` (else the caller answers `busy`).
+    pub fn mesh_has_room(&self, to: u16) -> bool {
+        self.mesh.has_room(to)
     }
 
     /// Admits `count` operations for forwarding, or refuses them all (the caller answers

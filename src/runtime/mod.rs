@@ -247,7 +247,7 @@ async fn core_main(
         }
     };
     assert_eq!(senders.peer_id(), core as usize, "mesh peers are ordered like cores");
-    let mesh = Rc::new(MeshOut::new(senders));
+    let mesh = Rc::new(MeshOut::new(senders, config.limits.mesh_queue_messages_max));
     for peer in (0..cores).filter(|&p| p != core) {
         let mesh = mesh.clone();
         glommio::spawn_local(async move { mesh.drain(peer).await }).detach();
