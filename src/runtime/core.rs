@@ -767,9 +767,8 @@ impl CoreRuntime {
             RpcReq::ShardStatus { pool } => {
                 // Expire what is due first, so the status shows what is really held.
                 self.tick();
-                if self.unpublished(pool) {
-                    return RpcResp::Shard(None);
-                }
+                // (Even if still unpublished here: the asking core has published the pool,
+                // so every core has applied its creation.)
                 let engine = self.engine.borrow();
                 RpcResp::Shard(engine.shard_snapshot(pool).zip(engine.pool_info(pool).map(|info| info.capacity)))
             }
