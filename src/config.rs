@@ -159,6 +159,11 @@ pub struct Limits {
     pub forwarded_operations_max_per_core: u32,
     /// Depth of each channel between two cores, in messages. Default `1024`.
     pub mesh_channel_depth_messages: u32,
+    /// Messages a core queues for one other core beyond that channel before it refuses
+    /// with `busy` the client operations that could add more (operations to forward there;
+    /// reserves and releases while any queue is full). Messages already produced are never
+    /// dropped. Default `65536`.
+    pub mesh_queue_messages_max: u32,
     /// Most live holds per core (held reservations; finished ones are kept apart, within
     /// `retention_bytes_max_per_core`); more are refused `holds_limit_reached`.
     /// Default `4000000`.
@@ -214,6 +219,7 @@ impl Default for Limits {
             inflight_frames_max_per_connection: 1024,
             forwarded_operations_max_per_core: 65536,
             mesh_channel_depth_messages: 1024,
+            mesh_queue_messages_max: 65536,
             holds_max_per_core: 4_000_000,
             parked_reserves_max_per_core: 65536,
             pools_max: 65536,
@@ -521,6 +527,7 @@ impl Config {
             ("inflight_frames_max_per_connection", l.inflight_frames_max_per_connection),
             ("forwarded_operations_max_per_core", l.forwarded_operations_max_per_core),
             ("mesh_channel_depth_messages", l.mesh_channel_depth_messages),
+            ("mesh_queue_messages_max", l.mesh_queue_messages_max),
             ("holds_max_per_core", l.holds_max_per_core),
             ("parked_reserves_max_per_core", l.parked_reserves_max_per_core),
         ] {

@@ -312,7 +312,7 @@ fn label_cardinality_stays_bounded_with_10000_pools() {
                     rules: Default::default(),
                 };
                 let mut body = Vec::new();
-                req.encode(&mut body);
+                req.encode(&mut body).unwrap();
                 c.send_frame(Opcode::PoolCreate, 1, &body)
             })
             .collect();

@@ -187,7 +187,7 @@ fn rate_limit_is_a_token_bucket_per_user_and_repeats_cost_nothing() {
         // The answer says when the next attempt comes.
         (0,   Reserve { id: 3, user: ALICE, qty: 1 }, S::RateLimited, 100),
         (50,  Reserve { id: 3, user: ALICE, qty: 1 }, S::RateLimited, 100),
-        (0,   Reserve { id: 9, user: BOB,   qty: 1 }, S::Ok,          1000),
+        (50,  Reserve { id: 9, user: BOB,   qty: 1 }, S::Ok,          1050),
         (100, Reserve { id: 3, user: ALICE, qty: 1 }, S::Ok,          1100),
         (100, Reserve { id: 4, user: ALICE, qty: 1 }, S::RateLimited, 200),
         // Refusals by a later rule still use up an attempt: 2 attempts back after 200 ms.

@@ -1454,3 +1454,41 @@ fn quantity_is_bounded_by_the_record_format() {
         ],
     );
 }
+
+// ----- time never goes backwards -----------------------------------------------------------------
+
+/// The wall clock steps back (an NTP correction) after the engine saw a later time: every
+/// command is applied at the latest time seen, so a closed sale window stays closed, a hold
+/// past its deadline stays expired, and new deadlines are counted from the latest time (no
+/// hold is shortened). Rows are (at, command, status, state, expires), in ms after `T0`;
+/// here `at` goes back.
+#[test]
+fn a_clock_stepped_back_reopens_no_window_and_shortens_no_hold() {
+    // Pool 1 sells until +2,000; pool 2 has no window.
+    let mut e = engine(16, &[10, 10]);
+    let rules = shardcap::protocol::control::PoolRules { closes_at_ms: T0 + 2_000, ..Default::default() };
+    assert!(matches!(e.apply(T0, Command::SetPoolRules { pool: 1, rules }), Outcome::Pool(Ok(_))));
+    #[rustfmt::skip]
+    let rows = [
+        //  at     command                      status     state    expires
+        (0,     reserve(1, ALICE, 1, 2, 0),     S::Ok,     HELD,    1_000),
+        (2_500, reserve(2, ALICE, 1, 1, 0),     S::Closed, NONE,    0),
+        (2_500, reserve(3, BOB, 2, 1, 0),       S::Ok,     HELD,    3_500),
+        // The clock steps back 2 s, to +500: still +2,500 for the state machine.
+        (500,   reserve(4, ALICE, 1, 1, 0),     S::Closed, NONE,    0),
+        (500,   lookup(1, ALICE),               S::Ok,     EXPIRED, 1_000 + RETENTION),
+        (500,   reserve(5, BOB, 2, 1, 0),       S::Ok,     HELD,    3_500),
+        (500,   extend(3, BOB, 1_000),          S::Ok,     HELD,    3_500),
+        (500,   tick(),                         S::Ok,     NONE,    0),
+        (500,   lookup(1, ALICE),               S::Ok,     EXPIRED, 1_000 + RETENTION),
+        // Wall time catches up and passes the latest time seen: time moves on from there.
+        (3_600, lookup(3, BOB),                 S::Ok,     EXPIRED, 3_500 + RETENTION),
+    ];
+    for (i, &(at, cmd, status, state, expires)) in rows.iter().enumerate() {
+        let (got, _) = apply_one(&mut e, T0 + at, cmd);
+        assert_eq!(got, Seen { status, state, flags: 0, expires }, "row {i} (at +{at} ms): {cmd:?}");
+        e.audit();
+    }
+    let (held, _, available) = totals(&e, 2)[1];
+    assert_eq!((held, available), (2, 8), "holds 3 and 5 of pool 2 were counted, not yet expired by a tick");
+}

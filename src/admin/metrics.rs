@@ -62,9 +62,11 @@ pub enum BusyReason {
     Forwards = 1,
     /// The core had `connections_max_per_core` connections.
     Connections = 2,
+    /// The core had `mesh_queue_messages_max` messages queued for another core.
+    Mesh = 3,
 }
 
-const BUSY_REASONS: [&str; 3] = ["inflight", "forwards", "connections"];
+const BUSY_REASONS: [&str; 4] = ["inflight", "forwards", "connections", "mesh"];
 
 /// How a connection ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +93,7 @@ pub struct Metrics {
     expirations: IntCounterVec,
     log_bytes: IntCounterVec,
     oversell: IntCounterVec,
+    clock_steps_backward: IntCounterVec,
     request_duration: HistogramVec,
     batch_operations: HistogramVec,
     log_write_duration: HistogramVec,
@@ -205,6 +208,12 @@ impl Metrics {
                 "Times the invariant check found more units held and confirmed than a shard or pool has. Must stay 0.",
                 core,
             ),
+            clock_steps_backward: counter(
+                &r,
+                "shardcap_clock_steps_backward_total",
+                "Times the wall clock was read earlier than the reading before (an NTP step back); the state machine's time stood still meanwhile.",
+                core,
+            ),
             request_duration: histogram(
                 &r,
                 "shardcap_request_duration_seconds",
@@ -295,6 +304,7 @@ impl Metrics {
         for c in 0..cores {
             let c = c.to_string();
             m.oversell.with_label_values(&[&c]);
+            m.clock_steps_backward.with_label_values(&[&c]);
             m.frames.with_label_values(&[&c]);
         }
         m
@@ -318,6 +328,7 @@ impl Metrics {
             closed_client: Cell::new(0),
             closed_error: Cell::new(0),
             oversell: Cell::new(0),
+            clock_steps_backward: Cell::new(0),
             reserve_latency: local(&self.request_duration, Some("reserve")),
             confirm_latency: local(&self.request_duration, Some("confirm")),
             batch_operations: local(&self.batch_operations, None),
@@ -337,6 +348,7 @@ impl Metrics {
                 expirations: one(&self.expirations),
                 log_bytes: one(&self.log_bytes),
                 oversell: one(&self.oversell),
+                clock_steps_backward: one(&self.clock_steps_backward),
                 connections_open: self.connections_open.with_label_values(&[&label]),
                 holds_active: self.holds_active.with_label_values(&[&label]),
                 reservation_records: self.reservation_records.with_label_values(&[&label]),
@@ -357,11 +369,12 @@ impl Metrics {
 /// touches them.
 pub struct CoreMetrics {
     operations: Box<[Cell<u64>]>,
-    busy: [Cell<u64>; 3],
+    busy: [Cell<u64>; 4],
     connections_opened: Cell<u64>,
     closed_client: Cell<u64>,
     closed_error: Cell<u64>,
     oversell: Cell<u64>,
+    clock_steps_backward: Cell<u64>,
     /// Server-side reserve latency, in seconds.
     pub reserve_latency: LocalHistogram,
     /// Server-side confirm latency, in seconds.
@@ -380,7 +393,7 @@ struct CoreSeries {
     /// Made on first use: only the combinations seen are exported.
     operations: Vec<Option<IntCounter>>,
     frames: IntCounter,
-    busy: [IntCounter; 3],
+    busy: [IntCounter; 4],
     forwarded_out: IntCounter,
     forwarded_in: IntCounter,
     borrow_messages: IntCounter,
@@ -392,6 +405,7 @@ struct CoreSeries {
     expirations: IntCounter,
     log_bytes: IntCounter,
     oversell: IntCounter,
+    clock_steps_backward: IntCounter,
     connections_open: IntGauge,
     holds_active: IntGauge,
     reservation_records: IntGauge,
@@ -484,6 +498,11 @@ impl CoreMetrics {
         self.oversell.get()
     }
 
+    /// Counts a step backwards of the wall clock.
+    pub fn count_clock_step_backward(&self) {
+        bump(&self.clock_steps_backward, 1);
+    }
+
     /// Records `count` reserve or confirm answers that took `seconds`.
     pub fn observe_latency(&self, op: OpKind, seconds: f64, count: u32) {
         let h = if op == OpKind::Reserve { &self.reserve_latency } else { &self.confirm_latency };
@@ -514,6 +533,7 @@ impl CoreMetrics {
         catch_up(&out.closed_client, self.closed_client.get());
         catch_up(&out.closed_error, self.closed_error.get());
         catch_up(&out.oversell, self.oversell.get());
+        catch_up(&out.clock_steps_backward, self.clock_steps_backward.get());
         catch_up(&out.frames, totals.frames);
         catch_up(&out.forwarded_out, totals.forwarded_out);
         catch_up(&out.forwarded_in, totals.forwarded_in);
@@ -556,6 +576,7 @@ mod tests {
         core.count_op(OpKind::Reserve, Status::SoldOut as u8);
         core.observe_latency(OpKind::Reserve, 0.0003, 3);
         core.count_busy(BusyReason::Forwards, 4);
+        core.count_clock_step_backward();
         assert!(!text(&m).contains("shardcap_operations_total{"), "nothing before the flush");
 
         core.flush(&CoreTotals { frames: 7, holds_active: 2, ..CoreTotals::default() });
@@ -570,6 +591,8 @@ mod tests {
         assert!(t.contains(r#"shardcap_frames_total{core="1"} 7"#), "{t}");
         assert!(t.contains(r#"shardcap_holds_active{core="1"} 2"#), "{t}");
         assert!(t.contains(r#"shardcap_oversell_detected_total{core="0"} 0"#), "seen at 0 from the start: {t}");
+        assert!(t.contains(r#"shardcap_clock_steps_backward_total{core="0"} 0"#), "seen at 0 from the start: {t}");
+        assert!(t.contains(r#"shardcap_clock_steps_backward_total{core="1"} 1"#), "{t}");
 
         // A second flush adds only what is new.
         core.count_op(OpKind::Reserve, Status::Ok as u8);

@@ -68,6 +68,10 @@ pub enum ClientError {
     /// The server answered something this client does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// The request cannot be encoded (a text too long for its length field); nothing was
+    /// sent.
+    #[error("request not sent: {0}")]
+    Invalid(#[from] control::TextTooLong),
 }
 
 /// Why a call of the shard-aware clients failed: the server's refusal of the operation
@@ -122,6 +126,7 @@ impl From<ClientError> for Error {
             ClientError::Refused { status, message } => Error::Protocol(format!("{status}: {message}")),
             ClientError::Busy { retry_after_ms } => Error::Busy { retry_after_ms },
             ClientError::Protocol(m) => Error::Protocol(m),
+            ClientError::Invalid(e) => Error::Protocol(format!("request not sent: {e}")),
         }
     }
 }
@@ -321,19 +326,25 @@ impl Client {
     /// Creates a pool.
     pub fn pool_create(&mut self, req: &PoolCreate) -> Result<Result<PoolInfo, Status>, ClientError> {
         let mut body = Vec::new();
-        req.encode(&mut body);
+        req.encode(&mut body)?;
         let r = self.call(Opcode::PoolCreate, 1, &body)?;
         pool_info_answer(&r)
     }
 
     /// Activates or deactivates a pool.
     pub fn pool_set_active(&mut self, pool: u32, active: bool) -> Result<Result<PoolInfo, Status>, ClientError> {
-        self.pool_change(Opcode::PoolSetActive, |body| PoolSetActive { pool, active }.encode(body))
+        self.pool_change(Opcode::PoolSetActive, |body| {
+            PoolSetActive { pool, active }.encode(body);
+            Ok(())
+        })
     }
 
     /// Replaces a pool's rules; once this answers, every core applies them.
     pub fn pool_set_rules(&mut self, pool: u32, rules: PoolRules) -> Result<Result<PoolInfo, Status>, ClientError> {
-        self.pool_change(Opcode::PoolSetRules, |body| PoolSetRules { pool, rules }.encode(body))
+        self.pool_change(Opcode::PoolSetRules, |body| {
+            PoolSetRules { pool, rules }.encode(body);
+            Ok(())
+        })
     }
 
     /// Changes a pool's capacity. A larger one is there at once; a smaller one is taken
@@ -342,13 +353,16 @@ impl Client {
     /// a reserve, or kept for priority reserves. Once this answers, every core knows the
     /// new capacity.
     pub fn pool_set_capacity(&mut self, pool: u32, capacity: u64) -> Result<Result<PoolInfo, Status>, ClientError> {
-        self.pool_change(Opcode::PoolSetCapacity, |body| PoolSetCapacity { pool, capacity }.encode(body))
+        self.pool_change(Opcode::PoolSetCapacity, |body| {
+            PoolSetCapacity { pool, capacity }.encode(body);
+            Ok(())
+        })
     }
 
     /// Renames a pool (`pool_exists` if another pool has the name); once this answers,
     /// every core knows the pool by its new name only.
     pub fn pool_rename(&mut self, pool: u32, name: &str) -> Result<Result<PoolInfo, Status>, ClientError> {
-        self.pool_change(Opcode::PoolRename, |body| PoolRename { pool, name: name.into() }.encode(body))
+        self.pool_change(Opcode::PoolRename, |body| Ok(PoolRename { pool, name: name.into() }.encode(body)?))
     }
 
     /// Replaces a pool's description (up to 128 bytes of text without control characters;
@@ -359,18 +373,19 @@ impl Client {
         description: &str,
     ) -> Result<Result<PoolInfo, Status>, ClientError> {
         self.pool_change(Opcode::PoolSetDescription, |body| {
-            PoolSetDescription { pool, description: description.into() }.encode(body)
+            Ok(PoolSetDescription { pool, description: description.into() }.encode(body)?)
         })
     }
 
-    /// Sends one pool change (a body `encode` writes) and reads the pool it answers.
+    /// Sends one pool change (a body `encode` writes, unless it refuses the request) and
+    /// reads the pool it answers.
     fn pool_change(
         &mut self,
         opcode: Opcode,
-        encode: impl FnOnce(&mut Vec<u8>),
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), ClientError>,
     ) -> Result<Result<PoolInfo, Status>, ClientError> {
         let mut body = Vec::new();
-        encode(&mut body);
+        encode(&mut body)?;
         let r = self.call(opcode, 1, &body)?;
         pool_info_answer(&r)
     }
@@ -396,7 +411,7 @@ impl Client {
     /// A pool's status, in total and per core, by id or (with id 0) by name.
     pub fn pool_status(&mut self, pool: &PoolRef) -> Result<Result<PoolStatus, Status>, ClientError> {
         let mut body = Vec::new();
-        pool.encode(&mut body);
+        pool.encode(&mut body)?;
         let r = self.call(Opcode::PoolStatus, 1, &body)?;
         Ok(match control_payload(&r)? {
             Ok(payload) => {

@@ -459,10 +459,14 @@ impl Connection {
                 match self.core.pool_info(pool_ref.id, &pool_ref.name) {
                     None => self.respond_status(opcode, id, Status::PoolNotFound),
                     Some(info) => self.control(opcode, id, move |core| async move {
-                        let status = core.pool_status(info).await;
                         let mut body = Vec::new();
-                        put_prefix(&mut body, Status::Ok);
-                        status.encode(&mut body);
+                        match core.pool_status(info).await {
+                            Ok(status) => {
+                                put_prefix(&mut body, Status::Ok);
+                                status.encode(&mut body);
+                            }
+                            Err(refused) => put_prefix(&mut body, refused),
+                        }
                         body
                     }),
                 }
@@ -620,6 +624,9 @@ impl Connection {
                         waiting += 1;
                     }
                 }
+            } else if !self.core.mesh_has_room(home) {
+                self.core.metrics.count_busy(BusyReason::Mesh, 1);
+                busy_output(opcode).encode(&mut self.out[at_offset..at_offset + out_size]);
             } else if self.core.admit_forwards(1) {
                 let at = self.frame_ref(&mut slot, index);
                 self.forwards[home as usize].push((at, op));

@@ -36,6 +36,30 @@ pub fn split_prefix(body: &[u8]) -> Result<(Status, &[u8]), Malformed> {
     Ok((status, &body[CONTROL_PREFIX_SIZE..]))
 }
 
+/// A text longer than the protocol carries: longer than its one-byte length field can say
+/// (a frame whose length is not the text's), or a pool name longer than
+/// [`POOL_NAME_MAX_BYTES`] (a frame the server refuses as `malformed_body`, closing the
+/// connection). The encoder refuses it and nothing is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the {field} is {len} bytes long; the protocol carries at most {max}")]
+pub struct TextTooLong {
+    /// What the text is (`pool name`, `description`).
+    pub field: &'static str,
+    /// Its length in bytes.
+    pub len: usize,
+    /// The most its length field can say.
+    pub max: usize,
+}
+
+/// The length byte of `text`, or [`TextTooLong`] if it is longer than `max` (at most 255).
+fn text_len(field: &'static str, text: &str, max: usize) -> Result<u8, TextTooLong> {
+    debug_assert!(max <= u8::MAX as usize, "a length byte");
+    if text.len() > max {
+        return Err(TextTooLong { field, len: text.len(), max });
+    }
+    Ok(text.len() as u8)
+}
+
 /// Checks a pool name: 1 to 64 bytes of printable ASCII without spaces.
 pub fn valid_pool_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= POOL_NAME_MAX_BYTES && name.bytes().all(|b| b.is_ascii_graphic())
@@ -501,17 +525,20 @@ impl PoolCreate {
     /// Size of the body before the name.
     pub const FIXED_SIZE: usize = 24 + PoolRules::SIZE;
 
-    /// Appends the body.
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    /// Appends the body; a name longer than [`POOL_NAME_MAX_BYTES`] is refused and nothing
+    /// is appended (other invalid names are the server's to refuse: `invalid_pool_name`).
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), TextTooLong> {
+        let name_len = text_len("pool name", &self.name, POOL_NAME_MAX_BYTES)?;
         out.extend_from_slice(&self.capacity.to_le_bytes());
         out.extend_from_slice(&self.hold_ttl_ms_default.to_le_bytes());
         out.extend_from_slice(&self.hold_ttl_ms_max.to_le_bytes());
         out.push(self.kind);
         out.push(self.active as u8);
-        out.push(self.name.len().min(255) as u8);
+        out.push(name_len);
         out.extend_from_slice(&[0; 5]);
         self.rules.encode(out);
         out.extend_from_slice(self.name.as_bytes());
+        Ok(())
     }
     /// Decodes a body; the name is checked for UTF-8 here and for validity by the server.
     pub fn decode(b: &[u8]) -> Result<Self, Malformed> {
@@ -628,12 +655,15 @@ pub struct PoolRef {
 }
 
 impl PoolRef {
-    /// Appends the body.
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    /// Appends the body; a name longer than [`POOL_NAME_MAX_BYTES`] is refused and nothing
+    /// is appended.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), TextTooLong> {
+        let name_len = text_len("pool name", &self.name, POOL_NAME_MAX_BYTES)?;
         out.extend_from_slice(&self.id.to_le_bytes());
-        out.push(self.name.len().min(255) as u8);
+        out.push(name_len);
         out.extend_from_slice(&[0; 3]);
         out.extend_from_slice(self.name.as_bytes());
+        Ok(())
     }
     /// Decodes a body. The name is read (and must be UTF-8) only when the id is 0; with an
     /// id it is ignored, whatever its bytes, and decoded as empty.
@@ -885,9 +915,10 @@ pub struct PoolRename {
 impl PoolRename {
     /// Size of the body before the name.
     pub const FIXED_SIZE: usize = 8;
-    /// Appends the body.
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        encode_pool_text(self.pool, &self.name, out);
+    /// Appends the body; a name longer than [`POOL_NAME_MAX_BYTES`] is refused and nothing
+    /// is appended.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), TextTooLong> {
+        encode_pool_text(self.pool, "pool name", &self.name, POOL_NAME_MAX_BYTES, out)
     }
     /// Decodes a body. The name's validity is checked by the server (`invalid_pool_name`).
     pub fn decode(b: &[u8]) -> Result<Self, Malformed> {
@@ -898,11 +929,19 @@ impl PoolRename {
 
 /// The body of a pool id and a text (`pool_rename`, `pool_set_description`): pool u32 @0,
 /// text length u8 @4, reserved 3 bytes @5 (zero), then the text.
-fn encode_pool_text(pool: u32, text: &str, out: &mut Vec<u8>) {
+fn encode_pool_text(
+    pool: u32,
+    field: &'static str,
+    text: &str,
+    max: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), TextTooLong> {
+    let len = text_len(field, text, max)?;
     out.extend_from_slice(&pool.to_le_bytes());
-    out.push(text.len() as u8);
+    out.push(len);
     out.extend_from_slice(&[0; 3]);
     out.extend_from_slice(text.as_bytes());
+    Ok(())
 }
 
 /// Decodes [`encode_pool_text`]'s body; the text must be UTF-8.
@@ -926,9 +965,11 @@ pub struct PoolSetDescription {
 impl PoolSetDescription {
     /// Size of the body before the text.
     pub const FIXED_SIZE: usize = 8;
-    /// Appends the body.
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        encode_pool_text(self.pool, &self.description, out);
+    /// Appends the body; a description longer than 255 bytes (its length byte) is refused
+    /// and nothing is appended (one of 129 to 255 bytes is the server's to refuse:
+    /// `invalid_description`).
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), TextTooLong> {
+        encode_pool_text(self.pool, "description", &self.description, u8::MAX as usize, out)
     }
     /// Decodes a body. The description's validity is checked by the server.
     pub fn decode(b: &[u8]) -> Result<Self, Malformed> {
@@ -1048,6 +1089,41 @@ mod tests {
     };
 
     #[test]
+    fn a_text_too_long_for_its_length_byte_is_refused_before_encoding() {
+        let long = "n".repeat(300);
+        let too_long = |field, max| TextTooLong { field, len: 300, max };
+        let create = PoolCreate {
+            name: long.clone(),
+            capacity: 10,
+            hold_ttl_ms_default: 1_000,
+            hold_ttl_ms_max: 1_000,
+            kind: 0,
+            active: true,
+            rules: RULES,
+        };
+        let mut out = Vec::new();
+        assert_eq!(create.encode(&mut out), Err(too_long("pool name", 64)));
+        assert_eq!(PoolRef { id: 0, name: long.clone() }.encode(&mut out), Err(too_long("pool name", 64)));
+        assert_eq!(PoolRename { pool: 1, name: long.clone() }.encode(&mut out), Err(too_long("pool name", 64)));
+        let describe = PoolSetDescription { pool: 1, description: long.clone() };
+        assert_eq!(describe.encode(&mut out), Err(too_long("description", 255)));
+        let name_65 = PoolRename { pool: 1, name: "n".repeat(65) };
+        assert_eq!(name_65.encode(&mut out), Err(TextTooLong { field: "pool name", len: 65, max: 64 }));
+        assert!(out.is_empty(), "nothing was appended");
+        let message = too_long("pool name", 64).to_string();
+        assert_eq!(message, "the pool name is 300 bytes long; the protocol carries at most 64");
+
+        // The longest texts still fit, and decode back.
+        let longest = PoolCreate { name: "n".repeat(64), ..create };
+        longest.encode(&mut out).unwrap();
+        assert_eq!(PoolCreate::decode(&out), Ok(longest));
+        out.clear();
+        let longest = PoolSetDescription { pool: 1, description: "d".repeat(255) };
+        longest.encode(&mut out).unwrap();
+        assert_eq!(PoolSetDescription::decode(&out), Ok(longest));
+    }
+
+    #[test]
     fn rules_round_trip_and_are_checked() {
         let mut b = Vec::new();
         PoolSetRules { pool: 9, rules: RULES }.encode(&mut b);
@@ -1100,7 +1176,7 @@ mod tests {
             rules: RULES,
         };
         let mut b = Vec::new();
-        c.encode(&mut b);
+        c.encode(&mut b).unwrap();
         assert_eq!(PoolCreate::decode(&b), Ok(c));
         b.push(b'x');
         assert_eq!(PoolCreate::decode(&b), Err(Malformed));

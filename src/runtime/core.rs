@@ -8,9 +8,9 @@ use std::rc::Rc;
 use std::task::Waker;
 use std::time::Duration;
 
-use super::clock::Clock;
+use super::clock::{Clock, StepWatch};
 use super::mesh::{FrameRef, MeshMsg, MeshOut, Op, OpOutput, RpcReq, RpcResp};
-use crate::admin::metrics::{CoreMetrics, CoreTotals, OpKind};
+use crate::admin::metrics::{BusyReason, CoreMetrics, CoreTotals, OpKind};
 use crate::admin::{ControlReq, ControlResp, CoreMsg, CoreReport, PoolChange, PoolKey, PoolReport, PoolSelection};
 use crate::config::Config;
 use crate::protocol::control::Hello;
@@ -110,6 +110,10 @@ pub struct CoreRuntime {
     /// Ports of every core.
     pub topology: Topology,
     clock: Box<dyn Clock>,
+    clock_watch: StepWatch,
+    /// When a step of the clock backwards was last logged (steps are logged at most every
+    /// [`CLOCK_STEP_LOG_INTERVAL`], counted always).
+    clock_step_logged: Cell<Option<std::time::Instant>>,
     engine: RefCell<Engine>,
     conns: RefCell<HashMap<u64, Rc<ConnShared>>>,
     next_conn: Cell<u64>,
@@ -133,8 +137,14 @@ pub struct CoreRuntime {
     completions: RefCell<Vec<Completion>>,
     /// Core 0: one catalog change at a time, so that every core applies them in one order.
     catalog_lock: glommio::sync::Semaphore,
+    /// Pools this core has created but not published yet: some core may not know them, so
+    /// they are unknown to clients here (see [`RpcReq::CreatePool`]). Not logged: after a
+    /// restart every core has core 0's catalog before any serves (`start_cluster`).
+    unpublished: RefCell<Vec<u32>>,
 }
 
+/// Steps of the clock backwards are logged at most this often (each is counted).
+const CLOCK_STEP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// The longest a capacity change waits for recalls of free units to end.
 const RESIZE_RECALL_WAIT: Duration = Duration::from_secs(5);
 /// Recalls a capacity change starts at most.
@@ -165,6 +175,8 @@ impl CoreRuntime {
             config,
             topology,
             clock,
+            clock_watch: StepWatch::default(),
+            clock_step_logged: Cell::new(None),
             engine: RefCell::new(engine),
             conns: RefCell::new(HashMap::new()),
             next_conn: Cell::new(1),
@@ -181,6 +193,7 @@ impl CoreRuntime {
             envelopes: RefCell::new(Vec::new()),
             completions: RefCell::new(Vec::new()),
             catalog_lock: glommio::sync::Semaphore::new(1),
+            unpublished: RefCell::new(Vec::new()),
         }
     }
 
@@ -201,9 +214,24 @@ impl CoreRuntime {
         *self.engine.borrow().config()
     }
 
-    /// The current time in ms since the Unix epoch.
+    /// The current time in ms since the Unix epoch, as the wall clock has it. A reading
+    /// earlier than the one before (the clock was stepped back) is counted and logged; the
+    /// state machine applies commands at the latest time it has seen in any case.
     pub fn now_ms(&self) -> u64 {
-        self.clock.now_ms()
+        let now = self.clock.now_ms();
+        if let Some(back_ms) = self.clock_watch.observe(now) {
+            self.metrics.count_clock_step_backward();
+            let logged = self.clock_step_logged.get();
+            if logged.is_none_or(|at| at.elapsed() >= CLOCK_STEP_LOG_INTERVAL) {
+                self.clock_step_logged.set(Some(std::time::Instant::now()));
+                tracing::warn!(
+                    core = self.core,
+                    back_ms,
+                    "the wall clock went back: time stands still for the state machine until it catches up"
+                );
+            }
+        }
+        now
     }
 
     /// The handshake answer for a connection on this core.
@@ -271,9 +299,35 @@ impl CoreRuntime {
         self.engine.borrow_mut().apply(now_ms, command)
     }
 
+    /// True while pool `pool` is being created: some core may not know it yet.
+    fn unpublished(&self, pool: u32) -> bool {
+        let unpublished = self.unpublished.borrow();
+        !unpublished.is_empty() && unpublished.contains(&pool)
+    }
+
     /// Applies one operation; `Err(ticket)` when a reserve is parked.
     fn apply_op(&self, now_ms: u64, op: Op) -> Result<OpOutput, u64> {
         let (kind, command) = match op {
+            // A pool not known everywhere yet is unknown: a reserve that borrowed would send
+            // a message to a core that has never heard of the pool. (A reserve the engine
+            // refuses before it looks at the pool gets the engine's answer.)
+            Op::Reserve(op)
+                if self.unpublished(op.pool)
+                    && op.id != 0
+                    && op.user != 0
+                    && (1..=crate::shard::holds::HOLD_QTY_MAX).contains(&op.qty) =>
+            {
+                self.metrics.count_op(OpKind::Reserve, Status::PoolNotFound as u8);
+                return Ok(OpOutput::Op(OpResult::status(Status::PoolNotFound)));
+            }
+            // The queue to some core is full: a reserve may borrow or recall, a release may
+            // send freed units home; refused until it drains (mesh.rs).
+            Op::Reserve(_) | Op::Release(_) if self.mesh.congested() => {
+                let kind = if matches!(op, Op::Reserve(_)) { OpKind::Reserve } else { OpKind::Release };
+                self.metrics.count_busy(BusyReason::Mesh, 1);
+                self.metrics.count_op(kind, Status::Busy as u8);
+                return Ok(OpOutput::Op(Self::busy()));
+            }
             Op::Reserve(op) => (OpKind::Reserve, Command::Reserve(op)),
             Op::Confirm(op) => (OpKind::Confirm, Command::Confirm(op)),
             Op::Release(op) => (OpKind::Release, Command::Release(op)),
@@ -292,6 +346,12 @@ impl CoreRuntime {
             Outcome::Reserve(Reply::Parked(ticket)) => Err(ticket),
             other => unreachable!("client operation answered {other:?}"),
         }
+    }
+
+    /// True if operations may be forwarded to core `to`: its mesh queue is below
+    /// `mesh_queue_messages_max` (else the caller answers `busy`).
+    pub fn mesh_has_room(&self, to: u16) -> bool {
+        self.mesh.has_room(to)
     }
 
     /// Admits `count` operations for forwarding, or refuses them all (the caller answers
@@ -382,6 +442,9 @@ impl CoreRuntime {
         let mut completions = self.completions.borrow_mut();
         {
             let mut engine = self.engine.borrow_mut();
+            // In release builds too: the shards this batch changed still hold no more than
+            // they have. A broken invariant stops the core.
+            engine.check_touched();
             if !engine.has_output() {
                 if cfg!(debug_assertions) {
                     engine.check_invariants();
@@ -521,19 +584,18 @@ impl CoreRuntime {
     }
 
     /// A pool's status: its definition and every core's shard of it. A pool whose units
-    /// are not conserved is logged as an error and counted as an oversell.
-    pub async fn pool_status(self: &Rc<Self>, info: PoolInfo) -> PoolStatus {
-        let gathered: Vec<(ShardStatus, u64)> = self
-            .gather(RpcReq::ShardStatus { pool: info.id })
-            .await
-            .into_iter()
-            .enumerate()
-            .map(|(core, r)| match r {
-                RpcResp::Shard(Some((s, capacity))) => (s, capacity),
-                // A core that has not applied the pool's creation yet.
-                _ => (ShardStatus { core: core as u16, ..ShardStatus::default() }, info.capacity),
-            })
-            .collect();
+    /// are not conserved is logged as an error and counted as an oversell. A pool some core
+    /// does not serve (yet) is `pool_not_found`, and one whose shard a core did not report
+    /// is `internal_error`: a status is complete or not answered, never filled in.
+    pub async fn pool_status(self: &Rc<Self>, info: PoolInfo) -> Result<PoolStatus, Status> {
+        let mut gathered: Vec<(ShardStatus, u64)> = Vec::with_capacity(self.cores as usize);
+        for r in self.gather(RpcReq::ShardStatus { pool: info.id }).await {
+            match r {
+                RpcResp::Shard(Some(shard)) => gathered.push(shard),
+                RpcResp::Shard(None) => return Err(Status::PoolNotFound),
+                _ => return Err(Status::InternalError),
+            }
+        }
         // The capacity as the pool's home core has it: that core decides changes and is the
         // only one whose shard they change.
         let capacity = gathered.get(info.home_core as usize).map_or(info.capacity, |g| g.1);
@@ -544,7 +606,7 @@ impl CoreRuntime {
             tracing::error!(pool = status.info.id, "capacity not conserved: {status:?}");
             self.metrics.count_oversell();
         }
-        status
+        Ok(status)
     }
 
     /// Asks core 0 to create a pool.
@@ -636,6 +698,7 @@ impl CoreRuntime {
         };
         let pools = ids
             .into_iter()
+            .filter(|&id| !self.unpublished(id))
             .filter_map(|id| {
                 let info = engine.pool_info(id)?;
                 let shard = engine.shard_snapshot(id)?;
@@ -667,7 +730,7 @@ impl CoreRuntime {
                 ControlResp::Pools(infos, more)
             }
             ControlReq::PoolStatus(key) => ControlResp::Status(match self.resolve_pool(&key) {
-                Some(info) => Ok(self.pool_status(info).await),
+                Some(info) => self.pool_status(info).await,
                 None => Err(Status::PoolNotFound),
             }),
             ControlReq::CreatePool(req) => ControlResp::Created(self.create_pool_reporting(req).await),
@@ -720,6 +783,8 @@ impl CoreRuntime {
             RpcReq::ShardStatus { pool } => {
                 // Expire what is due first, so the status shows what is really held.
                 self.tick();
+                // (Even if still unpublished here: the asking core has published the pool,
+                // so every core has applied its creation.)
                 let engine = self.engine.borrow();
                 RpcResp::Shard(engine.shard_snapshot(pool).zip(engine.pool_info(pool).map(|info| info.capacity)))
             }
@@ -731,8 +796,13 @@ impl CoreRuntime {
                 RpcResp::Activity(self.engine.borrow().user_activity(now, r.user, r.pool, r.state, r.recent))
             }
             RpcReq::ApplyCreate(def) => {
+                self.unpublished.borrow_mut().push(def.id);
                 self.apply(now, Command::CreatePool(def));
                 self.catalog_durable().await;
+                RpcResp::Ack
+            }
+            RpcReq::Publish { pool } => {
+                self.unpublished.borrow_mut().retain(|&p| p != pool);
                 RpcResp::Ack
             }
             RpcReq::ApplyChange(change) => {
@@ -752,6 +822,12 @@ impl CoreRuntime {
                 if self.engine.borrow().pool_info(def.id).is_some() {
                     return RpcResp::PoolExisted(def.info(self.cores));
                 }
+                // Two phases: every core applies the creation with the pool unpublished
+                // (unknown to clients, so no reserve can borrow and no status can miss a
+                // shard), then every core publishes it. Until core 0 answers, the pool is
+                // served nowhere or only where every core has it.
+                let pool = def.id;
+                self.unpublished.borrow_mut().push(pool);
                 let Outcome::Pool(result) = self.apply(now, Command::CreatePool(def.clone())) else {
                     unreachable!("a pool creation answers with the pool")
                 };
@@ -760,6 +836,8 @@ impl CoreRuntime {
                 }
                 self.catalog_durable().await;
                 self.broadcast(RpcReq::ApplyCreate(def)).await;
+                self.broadcast(RpcReq::Publish { pool }).await;
+                self.unpublished.borrow_mut().retain(|&p| p != pool);
                 RpcResp::Pool(result)
             }
             RpcReq::ChangePool(change) => {
@@ -1080,16 +1158,21 @@ impl CoreRuntime {
     pub fn pool_info(&self, id: u32, name: &str) -> Option<PoolInfo> {
         let engine = self.engine.borrow();
         let id = if id != 0 { id } else { engine.pool_id(name)? };
+        if self.unpublished(id) {
+            return None;
+        }
         engine.pool_info(id)
     }
 
     /// Up to `limit` pool definitions with ids above `start_after`.
     pub fn pool_page(&self, start_after: u32, limit: usize) -> (Vec<PoolInfo>, bool) {
         let engine = self.engine.borrow();
+        let published = |id: &u32| !self.unpublished(*id);
         let count = engine.pool_count();
         let first = start_after.saturating_add(1);
-        let infos: Vec<PoolInfo> = (first..=count).take(limit).filter_map(|id| engine.pool_info(id)).collect();
-        let more = infos.last().is_some_and(|last| last.id < count);
+        let infos: Vec<PoolInfo> =
+            (first..=count).filter(published).take(limit).filter_map(|id| engine.pool_info(id)).collect();
+        let more = infos.last().is_some_and(|last| (last.id + 1..=count).any(|id| published(&id)));
         (infos, more)
     }
 

@@ -3,12 +3,21 @@
 //! requests (pool changes, status gathering).
 //!
 //! A message to another core goes straight into the channel when it has room and nothing
-//! is queued before it; otherwise into a local unbounded queue drained by one sender task
-//! per peer, so that no task that handles a message ever waits for a full channel: two
-//! cores sending to each other cannot deadlock. The queues stay bounded in
-//! practice because what feeds them is: forwarded operations by
+//! is queued before it; otherwise into a local queue drained by one sender task per peer,
+//! so that no task that handles a message ever waits for a full channel: two cores sending
+//! to each other cannot deadlock.
+//!
+//! The queue is bounded by admission, not by dropping: a message once produced is always
+//! sent, in order (borrowing messages carry units, results answer clients, and a lost one
+//! would lose units or an answer). Once the queue for a core holds
+//! `mesh_queue_messages_max` messages, the core refuses with `busy` the client operations
+//! that could add to it until it drains below again: operations to forward to that core,
+//! and reserves and releases (which may borrow, recall or send freed units home) while any
+//! of its queues is full. What is admitted before the limit is reached adds a bounded
+//! amount: each operation sends at most a few messages, forwarded operations are bounded by
 //! `forwarded_operations_max_per_core`, parked reserves by `parked_reserves_max_per_core`,
-//! control requests by the frames in flight per connection.
+//! control requests by the frames in flight per connection. Expiries are never refused:
+//! a tick sends at most one message per hold it expires.
 
 use crate::protocol::control::{CoreStats, PoolCreate, PoolInfo, ShardStatus, UserActivity, UserActivityRequest};
 use crate::protocol::{ConfirmOp, ExtendOp, LookupOp, LookupResult, OpResult, ReleaseOp, ReserveOp, Status};
@@ -94,8 +103,11 @@ pub enum RpcReq {
     Resize { pool: u32, capacity: u64 },
     /// From core 0 at start-up: the capacities of the pools this core is the home of.
     HomeCapacities,
-    /// From core 0: apply a pool creation.
+    /// From core 0: apply a pool creation, and keep the pool unknown to clients until
+    /// [`RpcReq::Publish`] (some core may not have it yet).
     ApplyCreate(PoolDef),
+    /// From core 0, once every core has applied a pool's creation: serve the pool.
+    Publish { pool: u32 },
     /// From core 0: apply a pool change core 0 has made.
     ApplyChange(Command),
     /// From core 0 at start-up: make the catalog equal to core 0's (after a crash, a core
@@ -147,35 +159,95 @@ pub enum MeshMsg {
     RpcReply { token: u64, resp: RpcResp },
 }
 
+/// The messages waiting for each peer's channel, in order, and how many peers have
+/// `limit` or more waiting (full). Nothing is ever dropped: a full queue still takes
+/// messages; it only tells the core to stop admitting work that makes more.
+pub struct OutQueues<T> {
+    queues: Vec<std::collections::VecDeque<T>>,
+    limit: usize,
+    full: usize,
+}
+
+impl<T> OutQueues<T> {
+    /// Queues for `peers` peers, full at `limit` messages each.
+    pub fn new(peers: usize, limit: usize) -> Self {
+        OutQueues { queues: (0..peers).map(|_| Default::default()).collect(), limit, full: 0 }
+    }
+    /// Queues `msg` for `to`, whatever the queue holds.
+    pub fn push(&mut self, to: usize, msg: T) {
+        self.queues[to].push_back(msg);
+        if self.queues[to].len() == self.limit {
+            self.full += 1;
+        }
+    }
+    /// The oldest message for `to`.
+    pub fn pop(&mut self, to: usize) -> Option<T> {
+        let msg = self.queues[to].pop_front()?;
+        if self.queues[to].len() + 1 == self.limit {
+            self.full -= 1;
+        }
+        Some(msg)
+    }
+    /// True if nothing waits for `to`.
+    pub fn is_empty(&self, to: usize) -> bool {
+        self.queues[to].is_empty()
+    }
+    /// Messages waiting for `to`.
+    pub fn len(&self, to: usize) -> usize {
+        self.queues[to].len()
+    }
+    /// True if fewer than the limit wait for `to`.
+    pub fn has_room(&self, to: usize) -> bool {
+        self.queues[to].len() < self.limit
+    }
+    /// True if some peer's queue is full.
+    pub fn any_full(&self) -> bool {
+        self.full > 0
+    }
+}
+
 /// The sending side of one core's mesh: messages go straight into the peer's channel when
 /// it has room and nothing is queued before them; otherwise they wait in a local queue
 /// that a task per peer drains in order ([`MeshOut::drain`]). No task that sends ever
 /// waits, so two cores sending to each other cannot deadlock, and the common case costs
-/// no extra task switch.
+/// no extra task switch. The queues are bounded by admission (see the module's header).
 pub struct MeshOut {
     senders: glommio::channels::channel_mesh::Senders<MeshMsg>,
-    queues: Vec<std::cell::RefCell<std::collections::VecDeque<MeshMsg>>>,
+    queues: std::cell::RefCell<OutQueues<MeshMsg>>,
     /// The drain task holds a message it is waiting to send.
     sending: Vec<std::cell::Cell<bool>>,
     wakers: Vec<std::cell::RefCell<Option<std::task::Waker>>>,
 }
 
 impl MeshOut {
-    /// Wraps the mesh senders of a core.
-    pub fn new(senders: glommio::channels::channel_mesh::Senders<MeshMsg>) -> Self {
+    /// Wraps the mesh senders of a core; a peer's queue is full at `queue_messages_max`
+    /// messages (`mesh_queue_messages_max`).
+    pub fn new(senders: glommio::channels::channel_mesh::Senders<MeshMsg>, queue_messages_max: u32) -> Self {
         let n = senders.nr_consumers();
         MeshOut {
             senders,
-            queues: (0..n).map(|_| Default::default()).collect(),
+            queues: std::cell::RefCell::new(OutQueues::new(n, queue_messages_max as usize)),
             sending: (0..n).map(|_| Default::default()).collect(),
             wakers: (0..n).map(|_| Default::default()).collect(),
         }
     }
 
+    /// True if the queue for core `to` is below its limit: work that sends to it may be
+    /// admitted.
+    pub fn has_room(&self, to: u16) -> bool {
+        self.queues.borrow().has_room(to as usize)
+    }
+
+    /// True if the queue for some core is at its limit: work that may send to any core
+    /// (a reserve, a release) is refused.
+    pub fn congested(&self) -> bool {
+        self.queues.borrow().any_full()
+    }
+
     /// Sends `msg` to core `to`, in order with everything sent to it before.
     pub fn send(&self, to: u16, msg: MeshMsg) {
         let to = to as usize;
-        let msg = if self.queues[to].borrow().is_empty() && !self.sending[to].get() {
+        let msg = if self.queues.borrow().is_empty(to) && !self.sending[to].get() {
             match self.senders.try_send_to(to, msg) {
                 Ok(()) => return,
                 Err(glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(msg))) => msg,
@@ -187,7 +259,7 @@ impl MeshOut {
         } else {
             msg
         };
-        self.queues[to].borrow_mut().push_back(msg);
+        self.queues.borrow_mut().push(to, msg);
         if let Some(w) = self.wakers[to].borrow_mut().take() {
             w.wake();
         }
@@ -197,7 +269,7 @@ impl MeshOut {
     pub async fn drain(&self, to: u16) {
         let to = to as usize;
         loop {
-            let msg = std::future::poll_fn(|cx| match self.queues[to].borrow_mut().pop_front() {
+            let msg = std::future::poll_fn(|cx| match self.queues.borrow_mut().pop(to) {
                 Some(msg) => std::task::Poll::Ready(msg),
                 None => {
                     *self.wakers[to].borrow_mut() = Some(cx.waker().clone());
@@ -212,5 +284,40 @@ impl MeshOut {
                 tracing::warn!(to, "message to a stopped core dropped");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OutQueues;
+
+    #[test]
+    fn a_full_queue_refuses_new_work_but_keeps_every_message() {
+        let mut q = OutQueues::new(3, 2);
+        assert!(q.has_room(1) && !q.any_full());
+        q.push(1, "grant 5 units");
+        assert!(q.has_room(1) && !q.any_full());
+        q.push(1, "return 3 units");
+        assert!(!q.has_room(1) && q.any_full(), "full at the limit");
+        assert!(q.has_room(2), "other peers keep their room");
+        // Messages already produced are kept past the limit, never dropped.
+        q.push(1, "return 1 unit");
+        assert_eq!(q.len(1), 3);
+        assert_eq!(q.pop(1), Some("grant 5 units"));
+        assert!(!q.has_room(1) && q.any_full(), "still at the limit");
+        assert_eq!(q.pop(1), Some("return 3 units"));
+        assert!(q.has_room(1) && !q.any_full(), "room again below the limit");
+        assert_eq!(q.pop(1), Some("return 1 unit"));
+        assert_eq!(q.pop(1), None);
+        assert!(q.is_empty(1) && !q.any_full());
+        // Two full peers count twice.
+        for to in [0, 2] {
+            q.push(to, "a");
+            q.push(to, "b");
+        }
+        q.pop(0);
+        assert!(q.any_full(), "peer 2 is still full");
+        q.pop(2);
+        assert!(!q.any_full());
     }
 }

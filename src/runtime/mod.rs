@@ -269,7 +269,7 @@ async fn core_main(
         }
     };
     assert_eq!(senders.peer_id(), core as usize, "mesh peers are ordered like cores");
-    let mesh = Rc::new(MeshOut::new(senders));
+    let mesh = Rc::new(MeshOut::new(senders, config.limits.mesh_queue_messages_max));
     for peer in (0..cores).filter(|&p| p != core) {
         let mesh = mesh.clone();
         glommio::spawn_local(async move { mesh.drain(peer).await }).detach();
@@ -312,24 +312,23 @@ async fn core_main(
     let background = glommio::executor().create_task_queue(Shares::Static(100), Latency::NotImportant, "background");
     let tick = Duration::from_millis(config.server.expiry_tick_ms);
     let ticker = runtime.clone();
-    let spawned = glommio::spawn_local_into(
-        async move {
-            loop {
-                glommio::timer::sleep(tick).await;
-                ticker.tick();
-            }
-        },
-        background,
-    );
-    if let Ok(task) = spawned {
-        task.detach();
-    }
-    if mode != Durability::None && config.durability.snapshot_interval_records > 0 {
+    let ticks = async move {
+        loop {
+            glommio::timer::sleep(tick).await;
+            ticker.tick();
+        }
+    };
+    // Without its ticker a core would never expire a hold: start-up fails instead.
+    let mut started = spawn_background("expiry ticker", ticks, background);
+    if started.is_ok() && mode != Durability::None && config.durability.snapshot_interval_records > 0 {
         let snapshots =
             snapshot::snapshot_loop(runtime.clone(), dir.clone(), config.durability.snapshot_interval_records);
-        if let Ok(task) = glommio::spawn_local_into(snapshots, background) {
-            task.detach();
-        }
+        started = spawn_background("snapshot task", snapshots, background);
+    }
+    if let Err(e) = started {
+        // Reported before core 0 can report success: that needs this core's answers.
+        report_start(&startup, Err(format!("core {core}: {e}")));
+        return;
     }
     // 5. Core 0 coordinates the start; the other cores wait for its word.
     if core == 0 {
@@ -341,6 +340,21 @@ async fn core_main(
         runtime.on_admin(msg);
     }
     futures_lite::future::pending::<()>().await;
+}
+
+/// Spawns a core's background task into `queue`, or says why it could not.
+fn spawn_background(
+    what: &str,
+    task: impl std::future::Future<Output = ()> + 'static,
+    queue: glommio::TaskQueueHandle,
+) -> Result<(), String> {
+    match glommio::spawn_local_into(task, queue) {
+        Ok(task) => {
+            task.detach();
+            Ok(())
+        }
+        Err(e) => Err(format!("cannot start its {what}: {e}")),
+    }
 }
 
 /// Tells the main thread how start-up ended (core 0 only reports once).
@@ -412,7 +426,26 @@ fn check_layout(data_dir: &std::path::Path, cores: u16) -> Result<(), crate::wal
 
 #[cfg(test)]
 mod tests {
-    use super::check_layout;
+    use super::{check_layout, spawn_background};
+
+    #[test]
+    fn a_background_task_that_cannot_start_fails_the_start() {
+        let ex = glommio::LocalExecutorBuilder::default().make().expect("an executor");
+        let executor = &ex;
+        ex.run(async move {
+            let queue = glommio::executor().create_task_queue(
+                glommio::Shares::default(),
+                glommio::Latency::NotImportant,
+                "gone",
+            );
+            assert_eq!(spawn_background("test task", async {}, queue), Ok(()));
+            // Let the task end, so that its queue can be removed.
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+            executor.remove_task_queue(queue).expect("an idle queue can be removed");
+            let err = spawn_background("expiry ticker", async {}, queue).unwrap_err();
+            assert!(err.starts_with("cannot start its expiry ticker: "), "{err}");
+        });
+    }
     use crate::wal::{TempDir, segment};
 
     /// A data directory whose `core-<n>` directories hold one segment each.

@@ -315,7 +315,13 @@ pub struct Engine {
     /// Units sent to other cores and received from them since this state was built.
     units_lent: u64,
     units_borrowed: u64,
+    /// Pools whose shard changed since the last [`Engine::check_touched`] (indices; every
+    /// pool once [`TOUCHED_MAX`] are listed).
+    touched: Vec<usize>,
 }
+
+/// Shards listed for [`Engine::check_touched`]; past it, the check covers every shard.
+const TOUCHED_MAX: usize = 1024;
 
 impl Engine {
     /// An empty core state whose clock starts at `now_ms`.
@@ -339,6 +345,7 @@ impl Engine {
             held_count: 0,
             units_lent: 0,
             units_borrowed: 0,
+            touched: Vec::new(),
         }
     }
 
@@ -374,8 +381,13 @@ impl Engine {
         (ring.len(), ring.front().map(|(_, r)| r.finished_at_ms()))
     }
 
-    /// Applies one command at time `now_ms`.
+    /// Applies one command at time `now_ms`, or at the latest time seen before if that is
+    /// later: the state machine's time never goes backwards. A wall clock stepped back (NTP)
+    /// must not reopen a sale window that closed, expire holds by a deadline already passed,
+    /// or make a new hold outlive those granted before it; a replay of the log clamps alike.
     pub fn apply(&mut self, now_ms: u64, command: Command) -> Outcome {
+        self.last_now_ms = self.last_now_ms.max(now_ms);
+        let now_ms = self.last_now_ms;
         match command {
             Command::Reserve(op) => Outcome::Reserve(self.reserve(now_ms, &op)),
             Command::Confirm(op) => Outcome::Op(self.confirm(now_ms, &op)),
@@ -590,6 +602,7 @@ impl Engine {
             shard.capacity = shard.capacity + capacity - old;
             shard.share += capacity as i64 - old as i64;
             self.pools[p].def.capacity = capacity;
+            self.touch(p);
             self.pump(now_ms.max(self.last_now_ms), p);
         } else {
             self.pools[p].def.capacity = capacity;
@@ -918,6 +931,8 @@ impl Engine {
     /// core (the user's home core has them all), each with up to `recent` of its recent
     /// events of kind `state` (held, confirmed, released, expired; 0: any), newest first.
     pub fn user_activity(&self, now_ms: u64, user: u128, pool: u32, state: u8, recent: u8) -> Vec<UserActivity> {
+        // Read outside `apply` too: time as `apply` clamps it.
+        let now_ms = now_ms.max(self.last_now_ms);
         let pools = if pool == 0 { 1..=self.pools.len() as u32 } else { pool..=pool };
         pools
             .filter_map(|id| {
@@ -962,6 +977,7 @@ impl Engine {
         let ttl = if op.ttl_ms == 0 { slot.def.hold_ttl_ms_default } else { op.ttl_ms };
         let expires_at = now_ms + ttl as u64;
         slot.shard.held += op.qty as u64;
+        self.touch(p);
         let slot = self.holds.insert(Hold::new(op.id, op.user, op.pool, op.qty, expires_at)).expect("checked not full");
         self.held_count += 1;
         self.wheel.insert(slot, expires_at, &mut self.holds);
@@ -1041,6 +1057,7 @@ impl Engine {
                 let shard = &mut self.pools[p].shard;
                 shard.held -= h.qty() as u64;
                 shard.confirmed += h.qty() as u64;
+                self.touch(p);
                 let note = event(h.id(), now_ms, h.qty(), ReservationState::Confirmed);
                 self.count_user(now_ms, p, h.user(), [-(h.qty() as i64), h.qty() as i64, 0, 0, 0], note);
                 self.wheel.remove(slot, &mut self.holds);
@@ -1110,6 +1127,8 @@ impl Engine {
     /// as expired and a record past its retention as gone, even before a tick has
     /// processed them. A user of 0 matches any user (the slow path that asks every core).
     pub fn lookup(&self, now_ms: u64, op: &LookupOp) -> LookupResult {
+        // Read outside `apply` too: time as `apply` clamps it.
+        let now_ms = now_ms.max(self.last_now_ms);
         if op.id == 0 {
             return LookupResult::status(Status::InvalidId);
         }
@@ -1173,6 +1192,7 @@ impl Engine {
         let h = self.holds.get(slot);
         let p = self.pool_index(h.pool()).expect("hold of a known pool");
         self.pools[p].shard.held -= h.qty() as u64;
+        self.touch(p);
         let q = h.qty() as i64;
         let delta = if state == ReservationState::Expired { [-q, 0, 0, 0, q] } else { [-q, 0, 0, q, 0] };
         self.count_user(now_ms, p, h.user(), delta, event(h.id(), now_ms, h.qty(), state));
@@ -1237,6 +1257,7 @@ impl Engine {
             shard.capacity -= units;
             shard.lent += units;
             self.units_lent += units;
+            self.touch(p);
         }
         self.stats.borrow_messages += 1;
         let link = &mut self.links[to as usize];
@@ -1250,6 +1271,7 @@ impl Engine {
         shard.capacity += units;
         shard.borrowed += units;
         self.units_borrowed += units;
+        self.touch(p);
     }
 
     fn complete(&mut self, ticket: u64, result: OpResult) {
@@ -1527,16 +1549,30 @@ impl Engine {
     /// The first shard that holds and confirms more units than it has (an oversell), or
     /// whose units do not add up with those lent and borrowed (units created or lost).
     pub fn accounting_failure(&self) -> Option<String> {
-        self.pools.iter().find_map(|slot| {
-            let (s, id) = (&slot.shard, slot.def.id);
-            if s.held + s.confirmed > s.capacity {
-                Some(format!("oversell on pool {id}: {s:?}"))
-            } else if (s.capacity + s.lent) as i128 != s.share as i128 + s.borrowed as i128 {
-                Some(format!("units created or lost on pool {id}: {s:?}"))
-            } else {
-                None
-            }
-        })
+        self.pools.iter().find_map(|slot| slot.shard.accounting_failure(slot.def.id))
+    }
+
+    /// Notes that pool `p`'s shard changed, for [`Self::check_touched`].
+    fn touch(&mut self, p: usize) {
+        if self.touched.len() < TOUCHED_MAX && self.touched.last() != Some(&p) {
+            self.touched.push(p);
+        }
+    }
+
+    /// Checks the accounting of every shard changed since the last call (`held + confirmed
+    /// <= capacity`, units conserved: [`Shard::accounting_failure`]) and panics on a
+    /// violation. Cheap (a few compares per shard changed): the runtime runs it after every
+    /// batch, in release builds too.
+    pub fn check_touched(&mut self) {
+        let broken = if self.touched.len() >= TOUCHED_MAX {
+            self.accounting_failure()
+        } else {
+            self.touched.iter().find_map(|&p| self.pools[p].shard.accounting_failure(self.pools[p].def.id))
+        };
+        if let Some(broken) = broken {
+            panic!("invariant broken after a batch: {broken}");
+        }
+        self.touched.clear();
     }
 
     /// Checks the invariants and, record by record, that each shard's `held` is the sum of

@@ -124,9 +124,27 @@ impl Shard {
         Shard { capacity: share, share: share as i64, ..Default::default() }
     }
 
-    /// Units free on this shard.
+    /// Units free on this shard. Panics, in release builds too, if the shard holds and
+    /// confirms more units than it has: a broken invariant must stop the core, not wrap
+    /// around to a huge number of free units.
     pub fn available(&self) -> u64 {
-        self.capacity - self.held - self.confirmed
+        match self.held.checked_add(self.confirmed).and_then(|used| self.capacity.checked_sub(used)) {
+            Some(free) => free,
+            None => panic!("accounting broken: {self:?} holds and confirms more units than it has"),
+        }
+    }
+
+    /// Why this shard's accounting is broken, if it is: more units held and confirmed than
+    /// it has (an oversell), or units that do not add up with those lent and borrowed
+    /// (units created or lost). `pool` names the pool in the message.
+    pub fn accounting_failure(&self, pool: u32) -> Option<String> {
+        if self.held as u128 + self.confirmed as u128 > self.capacity as u128 {
+            Some(format!("oversell on pool {pool}: {self:?}"))
+        } else if self.capacity as i128 + self.lent as i128 != self.share as i128 + self.borrowed as i128 {
+            Some(format!("units created or lost on pool {pool}: {self:?}"))
+        } else {
+            None
+        }
     }
 }
 
@@ -210,5 +228,27 @@ impl PoolSlot {
             lent: self.shard.lent,
             borrowed: self.shard.borrowed,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Shard;
+
+    #[test]
+    #[should_panic(expected = "accounting broken")]
+    fn an_underflow_of_free_units_stops_rather_than_wraps() {
+        // 4 held + 2 confirmed of 5: the subtraction would wrap to 2^64 - 1 free units.
+        let shard = Shard { held: 4, confirmed: 2, ..Shard::new(5) };
+        let _ = shard.available();
+    }
+
+    #[test]
+    fn a_broken_shard_names_what_is_broken() {
+        assert_eq!(Shard { held: 3, confirmed: 2, ..Shard::new(5) }.accounting_failure(7), None);
+        let oversold = Shard { held: 4, confirmed: 2, ..Shard::new(5) }.accounting_failure(7).unwrap();
+        assert!(oversold.starts_with("oversell on pool 7"), "{oversold}");
+        let lost = Shard { capacity: 4, ..Shard::new(5) }.accounting_failure(7).unwrap();
+        assert!(lost.starts_with("units created or lost on pool 7"), "{lost}");
     }
 }

@@ -291,3 +291,32 @@ pub fn by_id(id: u32) -> shardcap::protocol::control::PoolRef {
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
 }
+
+/// The sum of every sample of the Prometheus series `name` (any labels) that the admin port
+/// at `admin` exports now.
+pub fn metric_sum(admin: SocketAddr, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(admin).expect("connect to the admin port");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read the scrape");
+    assert!(text.starts_with("HTTP/1.1 200"), "scrape answered {}", text.lines().next().unwrap_or(""));
+    text.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().expect("a sample value"))
+        .sum()
+}
+
+/// A pool creation request with 300 s / 900 s hold TTLs, active, without rules.
+pub fn pool_request(name: &str, capacity: u64) -> shardcap::protocol::control::PoolCreate {
+    shardcap::protocol::control::PoolCreate {
+        name: name.into(),
+        capacity,
+        hold_ttl_ms_default: 300_000,
+        hold_ttl_ms_max: 900_000,
+        kind: 0,
+        active: true,
+        rules: Default::default(),
+    }
+}
