@@ -120,6 +120,11 @@ impl Server {
         Client::connect(("127.0.0.1", self.core_ports[core as usize])).expect("connect to core port")
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// True while the process runs.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
