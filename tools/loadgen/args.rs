@@ -224,13 +224,18 @@ pub struct Args {
     /// Time between two scrapes, in ms (at least 10).
     #[arg(long, default_value_t = 100)]
     pub scrape_interval_ms: u64,
-    /// The soak benchmark instead of one run: measure the peak (closed loop, --soak-peak-s),
-    /// then run open loop at --soak-load-pct of it for --soak-minutes, sampling the server's
-    /// RSS and retention metrics every --soak-sample-s; fail (exit 1) on a refusal other than
-    /// the pools' own (sold_out and rule refusals), on RSS growth above --soak-rss-growth-pct
-    /// after the warm-up, or on a non-zero shardcap_oversell_detected_total. The server is
-    /// started with --server-bin, or given with --server, --admin and --server-pid. It prints
-    /// its table on stderr as it goes and one JSON object on stdout. See README, Performance.
+    /// The soak benchmark instead of one run (defaults: the mixed workload, 8 zipf-chosen
+    /// pools of which 1 sells out, zipf users, shard-aware): measure the peak (closed loop,
+    /// --soak-peak-s), then run open loop at --soak-load-pct of it for --soak-minutes,
+    /// sampling the server's RSS and metrics (retention window and evictions where it has
+    /// them) every --soak-sample-s. Fails (exit 1) on a refusal other than the pools' own
+    /// (sold_out and rule refusals are fine; busy, holds_limit_reached etc. are not), a
+    /// frame timed out or lost, RSS growth above --soak-rss-growth-pct after the warm-up, a
+    /// non-zero shardcap_oversell_detected_total, or less than 95% of the intended rate
+    /// answered. The server is started with --server-bin, or given with --server, --admin
+    /// and --server-pid. Prints its table on stderr as it goes and one JSON object on
+    /// stdout. E.g. `--soak --server-bin target/release/shardcap --durability none
+    /// --threads 2`; tools/soak runs it in sync and none. See README, Performance.
     #[arg(long)]
     pub soak: bool,
     /// Soak: measured soak time, in minutes.

@@ -33,7 +33,7 @@
 //!      from there on it does not grow), provided two samples remain after it;
 //!    - `shardcap_oversell_detected_total` above 0 (or no readable metrics at all);
 //!    - the soak answered less than [`SUSTAINED_SHARE_MIN`] of its intended rate (the
-//!      server did not sustain the load), or a started server died.
+//!      server did not sustain the load), or the server died.
 //!
 //! Exit codes: 0 the soak passed; 1 it failed; 2 bad usage or a setup failure.
 
@@ -145,7 +145,10 @@ pub fn run(mut plan: Plan) -> i32 {
     let run_report = Report::new(&soak_plan, &setup, &outcome, nonces.1).json;
     outcomes.push(outcome.stats);
     let samples = sampler.finish(pid, &metrics_url);
-    let server_alive = started.as_mut().is_none_or(server::Started::is_running);
+    let server_alive = match started.as_mut() {
+        Some(s) => s.is_running(),
+        None => server::rss_bytes(pid).is_some(),
+    };
 
     let judged = Judged {
         plan: &plan,

@@ -178,7 +178,7 @@ pub struct Sampler {
 
 /// The table's header (stderr).
 pub const TABLE_HEADER: &str =
-    "     t_s  phase       ops/s  refused   rss_MiB  holds_active      records   window_s   evictions  oversell";
+    "     t_s  phase       ops/s  refused/s   rss_MiB  holds_active      records   window_s   evictions  oversell";
 
 impl Sampler {
     /// Takes the first sample now, then one every `interval` on a thread of its own, from
@@ -276,6 +276,13 @@ pub fn refused_between(sample: &Sample, previous: Option<&Sample>) -> Option<u64
     Some(now.refused_total().saturating_sub(before))
 }
 
+/// Refusals other than the pools' own per second between two samples.
+pub fn refused_per_s(sample: &Sample, previous: Option<&Sample>) -> Option<f64> {
+    let dt = sample.t_s - previous?.t_s;
+    let n = refused_between(sample, previous)?;
+    (dt > 0.0).then(|| n as f64 / dt)
+}
+
 /// One row of the table.
 pub fn row(sample: &Sample, previous: Option<&Sample>) -> String {
     let na = || "n/a".to_string();
@@ -284,11 +291,11 @@ pub fn row(sample: &Sample, previous: Option<&Sample>) -> String {
         if (hi - lo).abs() < 0.05 { format!("{lo:.1}") } else { format!("{lo:.0}..{hi:.0}") }
     });
     format!(
-        "{:>8.1}  {:<5} {:>11} {:>8} {:>9} {:>13} {:>12} {:>10} {:>11} {:>9}{}",
+        "{:>8.1}  {:<5} {:>11} {:>10} {:>9} {:>13} {:>12} {:>10} {:>11} {:>9}{}",
         sample.t_s,
         sample.phase.name(),
         ops_per_s(sample, previous).map_or_else(na, |r| format!("{r:.0}")),
-        refused_between(sample, previous).map_or_else(na, |r| r.to_string()),
+        refused_per_s(sample, previous).map_or_else(na, |r| format!("{r:.0}")),
         sample.rss_bytes.map_or_else(na, |b| format!("{:.1}", b as f64 / (1 << 20) as f64)),
         m.map_or_else(na, |m| m.holds_active.to_string()),
         m.and_then(|m| m.reservation_records).map_or_else(na, |r| r.to_string()),
@@ -356,9 +363,10 @@ shardcap_reservation_records{core="1"} 22
             Sample { t_s: 4.0, phase: Phase::Soak, rss_bytes: None, metrics: Ok(Metrics::parse(EXPOSITION).unwrap()) };
         assert_eq!(ops_per_s(&second, Some(&first)), Some(29.25));
         assert_eq!(refused_between(&second, Some(&first)), Some(11));
+        assert_eq!(refused_per_s(&second, Some(&first)), Some(2.75));
         let row = row(&second, Some(&first));
         let cells: Vec<&str> = row.split_whitespace().collect();
-        assert_eq!(cells, ["4.0", "soak", "29", "11", "n/a", "21", "42", "n/a", "n/a", "1"]);
+        assert_eq!(cells, ["4.0", "soak", "29", "3", "n/a", "21", "42", "n/a", "n/a", "1"]);
         assert!(allowed("ok") && allowed("sold_out") && allowed("rate_limited"));
         assert!(!allowed("busy") && !allowed("holds_limit_reached") && !allowed("not_found"));
     }
