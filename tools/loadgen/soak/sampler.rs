@@ -4,7 +4,10 @@
 //! From the metrics it keeps what the verdict needs: every answer counted by
 //! `shardcap_operations_total` (the total, for the rate between samples, and the refusals
 //! that are not the pools' own, by status), `shardcap_busy_total` (operations answered
-//! busy before the state machine), `shardcap_oversell_detected_total`, the holds and
+//! busy before the state machine), `shardcap_retention_busy_total` and
+//! `shardcap_retention_forced_total` (where the server has them: reserves answered busy to
+//! keep the minimum retention window, young finished records forgotten),
+//! `shardcap_oversell_detected_total`, the holds and
 //! records gauges, and the retention store's `shardcap_retention_window_seconds` and
 //! `shardcap_retention_evictions_total` per core when the server has them (`None`, shown
 //! as "n/a", when it does not).
@@ -75,7 +78,8 @@ pub struct Metrics {
     /// Every answered operation, whatever its status.
     pub operations: u64,
     /// Refusals other than the pools' own, by status name (`busy:<reason>` for
-    /// `shardcap_busy_total`).
+    /// `shardcap_busy_total`, `retention_busy` and `retention_forced` for the retention
+    /// store's counters).
     pub refused: BTreeMap<String, u64>,
     /// `shardcap_oversell_detected_total`, summed over cores.
     pub oversell: u64,
@@ -116,18 +120,23 @@ impl Metrics {
                     let reason = sample.labels.get("reason").unwrap_or("unknown");
                     *m.refused.entry(format!("busy:{reason}")).or_default() += count;
                 }
+                // Reserves answered busy to keep the minimum retention window, and young
+                // finished records forgotten: the retention store could not keep up.
+                "shardcap_retention_busy_total" | "shardcap_retention_forced_total" if count > 0 => {
+                    let key = sample.metric.trim_start_matches("shardcap_").trim_end_matches("_total");
+                    *m.refused.entry(key.to_string()).or_default() += count;
+                }
                 "shardcap_oversell_detected_total" => m.oversell += count,
                 "shardcap_holds_active" => m.holds_active += count,
                 "shardcap_reservation_records" => *m.reservation_records.get_or_insert(0) += count,
+                // A series without a core label counts as core 0's.
                 "shardcap_retention_window_seconds" => {
-                    if let Some(core) = core() {
-                        m.retention_window_s.get_or_insert_with(BTreeMap::new).insert(core, value.max(0.0));
-                    }
+                    let window = m.retention_window_s.get_or_insert_with(BTreeMap::new);
+                    window.insert(core().unwrap_or(0), value.max(0.0));
                 }
                 "shardcap_retention_evictions_total" => {
-                    if let Some(core) = core() {
-                        *m.retention_evictions.get_or_insert_with(BTreeMap::new).entry(core).or_default() += count;
-                    }
+                    let evictions = m.retention_evictions.get_or_insert_with(BTreeMap::new);
+                    *evictions.entry(core().unwrap_or(0)).or_default() += count;
                 }
                 _ => {}
             }
@@ -347,12 +356,14 @@ shardcap_reservation_records{core="1"} 22
     #[test]
     fn retention_metrics_are_read_per_core() {
         let text = format!(
-            "{EXPOSITION}# TYPE shardcap_retention_window_seconds gauge\nshardcap_retention_window_seconds{{core=\"0\"}} 12.5\nshardcap_retention_window_seconds{{core=\"1\"}} 30\n# TYPE shardcap_retention_evictions_total counter\nshardcap_retention_evictions_total{{core=\"0\"}} 0\nshardcap_retention_evictions_total{{core=\"1\"}} 9\n"
+            "{EXPOSITION}# TYPE shardcap_retention_window_seconds gauge\nshardcap_retention_window_seconds{{core=\"0\"}} 12.5\nshardcap_retention_window_seconds{{core=\"1\"}} 30\n# TYPE shardcap_retention_evictions_total counter\nshardcap_retention_evictions_total{{core=\"0\"}} 0\nshardcap_retention_evictions_total{{core=\"1\"}} 9\n# TYPE shardcap_retention_busy_total counter\nshardcap_retention_busy_total{{core=\"1\"}} 6\nshardcap_retention_forced_total{{core=\"1\"}} 0\n"
         );
         let m = Metrics::parse(&text).unwrap();
         assert_eq!(m.window_range_s(), Some((12.5, 30.0)));
         assert_eq!(m.evictions_total(), Some(9));
         assert_eq!(m.retention_evictions.unwrap().get(&0), Some(&0));
+        assert_eq!(m.refused.get("retention_busy"), Some(&6), "{:?}", m.refused);
+        assert_eq!(m.refused.get("retention_forced"), None, "counted only when not 0");
     }
 
     #[test]
