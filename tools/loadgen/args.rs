@@ -231,8 +231,8 @@ pub struct Args {
     /// them) every --soak-sample-s. Fails (exit 1) on a refusal other than the pools' own
     /// (sold_out and rule refusals are fine; busy, holds_limit_reached etc. are not), a
     /// frame timed out or lost, RSS growth above --soak-rss-growth-pct after the warm-up, a
-    /// non-zero shardcap_oversell_detected_total, or less than 95% of the intended rate
-    /// answered. The server is started with --server-bin, or given with --server, --admin
+    /// non-zero shardcap_oversell_detected_total, or less than --soak-sustained-pct of the
+    /// intended rate answered. The server is started with --server-bin, or given with --server, --admin
     /// and --server-pid. Prints its table on stderr as it goes and one JSON object on
     /// stdout. E.g. `--soak --server-bin target/release/shardcap --durability none
     /// --threads 2`; tools/soak runs it in sync and none. See README, Performance.
@@ -262,6 +262,10 @@ pub struct Args {
     /// Soak: most RSS growth allowed after the warm-up, in percent.
     #[arg(long, default_value_t = 5.0)]
     pub soak_rss_growth_pct: f64,
+    /// Soak: the least share of the intended rate the server must answer, in percent (below
+    /// it, it did not sustain the load).
+    #[arg(long, default_value_t = 95.0)]
+    pub soak_sustained_pct: f64,
     /// Soak: start this `shardcap` binary on its embedded default configuration, with only
     /// the ports (loopback, OS-chosen), the data directory and --durability changed; it is
     /// stopped at the end.
@@ -392,6 +396,8 @@ pub struct SoakPlan {
     pub warmup_pct: f64,
     /// Most RSS growth after the warm-up, in percent.
     pub rss_growth_pct: f64,
+    /// Least share of the intended rate answered, in percent.
+    pub sustained_pct: f64,
 }
 
 /// The hold TTL of the pools the load generator creates, in ms. Every reserve names its
@@ -434,6 +440,7 @@ impl Plan {
             sample_s: args.soak_sample_s,
             warmup_pct: args.soak_warmup_pct,
             rss_growth_pct: args.soak_rss_growth_pct,
+            sustained_pct: args.soak_sustained_pct,
         });
         let plan = Plan {
             server: args.server,
@@ -582,6 +589,9 @@ impl SoakPlan {
         }
         if !(self.rss_growth_pct.is_finite() && self.rss_growth_pct >= 0.0) {
             return Err(format!("--soak-rss-growth-pct {} must be at least 0", self.rss_growth_pct));
+        }
+        if !(self.sustained_pct.is_finite() && (0.0..=100.0).contains(&self.sustained_pct)) {
+            return Err(format!("--soak-sustained-pct {} must be within 0..=100", self.sustained_pct));
         }
         // RSS growth needs a baseline after the warm-up and at least one later sample.
         let after_warmup_s = self.duration_s * (1.0 - self.warmup_pct / 100.0);
