@@ -152,6 +152,11 @@ impl Server {
             .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// True while the process runs.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -21,6 +21,10 @@ pub enum Workload {
     /// Reserve, then release a fraction (--release-ratio) of the successful holds in a
     /// later frame; the rest expire (short default TTL).
     Churn,
+    /// Reserve, then one follow-up per successful hold in a fixed mix: 20% confirmed, 30%
+    /// released, 10% extended (by --ttl-ms from then) and 10% looked up, both then left to
+    /// expire, and 30% left to expire (short default TTL). The soak's workload.
+    Mixed,
 }
 
 impl Workload {
@@ -31,6 +35,7 @@ impl Workload {
             Workload::Reserve => "reserve",
             Workload::ReserveConfirm => "reserve-confirm",
             Workload::Churn => "churn",
+            Workload::Mixed => "mixed",
         }
     }
 }
@@ -102,10 +107,11 @@ pub struct Args {
     #[arg(long, default_value = "127.0.0.1:7400")]
     pub server: String,
     /// plain: all connections to --server; shard-aware: connections spread over the core
-    /// ports, each sending only operations of users homed on its core.
-    #[arg(long, value_enum, default_value_t = Mode::Plain)]
-    pub mode: Mode,
-    /// What to send [default: reserve; churn with --shape telecom].
+    /// ports, each sending only operations of users homed on its core [default: plain;
+    /// shard-aware with --soak].
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// What to send [default: reserve; churn with --shape telecom; mixed with --soak].
     #[arg(long, value_enum)]
     pub workload: Option<Workload>,
     /// Shape preset: flash-sale (1 pool, zipf users) or telecom (1000 pools, zipf pool
@@ -136,7 +142,8 @@ pub struct Args {
     /// Units per reserve.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub qty: u32,
-    /// Hold TTL of every reserve, in ms [default: 60000; 2000 for churn]. Created pools have
+    /// Hold TTL of every reserve, in ms [default: 60000; 2000 for churn; 5000 for mixed]
+    /// (an extend names it too). Created pools have
     /// a default TTL of 60000 and a maximum of 86400000 (one day), which is also the cap.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub ttl_ms: Option<u32>,
@@ -146,17 +153,17 @@ pub struct Args {
     /// Number of users; user ids are 1..=N (index + 1 as u128).
     #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub users: u64,
-    /// How users are chosen [default: uniform; zipf with --shape flash-sale].
+    /// How users are chosen [default: uniform; zipf with --shape flash-sale or --soak].
     #[arg(long, value_enum)]
     pub user_dist: Option<Dist>,
     /// Exponent of the zipf distributions (users and pools).
     #[arg(long, default_value_t = 0.99)]
     pub zipf_theta: f64,
     /// Number of pools, created before the run as <prefix>-0 .. <prefix>-(N-1)
-    /// [default: 1; 1000 with --shape telecom].
+    /// [default: 1; 1000 with --shape telecom; 8 with --soak].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub pools: Option<u32>,
-    /// How pools are chosen [default: uniform; zipf with --shape telecom].
+    /// How pools are chosen [default: uniform; zipf with --shape telecom or --soak].
     #[arg(long, value_enum)]
     pub pool_dist: Option<Dist>,
     /// Prefix of the pool names.
@@ -165,6 +172,14 @@ pub struct Args {
     /// Capacity of each created pool, in units.
     #[arg(long, default_value_t = 1_000_000_000_000_000_000)]
     pub capacity: u64,
+    /// The last N of the created pools get --sold-out-capacity instead: they sell out
+    /// within the first moments and stay sold out (confirmed units never return), so that
+    /// sold_out answers are part of the load [default: 0; 1 with --soak].
+    #[arg(long)]
+    pub sold_out_pools: Option<u32>,
+    /// Capacity of the --sold-out-pools, in units.
+    #[arg(long, default_value_t = 1_000)]
+    pub sold_out_capacity: u64,
     /// Rule of each created pool: most units per user (0: none).
     #[arg(long, default_value_t = 0)]
     pub max_per_user: u64,
@@ -209,6 +224,68 @@ pub struct Args {
     /// Time between two scrapes, in ms (at least 10).
     #[arg(long, default_value_t = 100)]
     pub scrape_interval_ms: u64,
+    /// The soak benchmark instead of one run (defaults: the mixed workload, 8 zipf-chosen
+    /// pools of which 1 sells out, zipf users, shard-aware): measure the peak (closed loop,
+    /// --soak-peak-s), then run open loop at --soak-load-pct of it for --soak-minutes,
+    /// sampling the server's RSS and metrics (retention window and evictions where it has
+    /// them) every --soak-sample-s. Fails (exit 1) on a refusal other than the pools' own
+    /// (sold_out and rule refusals are fine; busy, holds_limit_reached etc. are not), a
+    /// frame timed out or lost, RSS growth above --soak-rss-growth-pct after the warm-up, a
+    /// non-zero shardcap_oversell_detected_total, or less than --soak-sustained-pct of the
+    /// intended rate answered. The server is started with --server-bin, or given with --server, --admin
+    /// and --server-pid. Prints its table on stderr as it goes and one JSON object on
+    /// stdout. E.g. `--soak --server-bin target/release/shardcap --durability none
+    /// --threads 2`; tools/soak runs it in sync and none. See README, Performance.
+    #[arg(long)]
+    pub soak: bool,
+    /// Soak: measured soak time, in minutes.
+    #[arg(long, default_value_t = 10.0)]
+    pub soak_minutes: f64,
+    /// Soak: the open loop's rate, in percent of the measured peak.
+    #[arg(long, default_value_t = 80.0)]
+    pub soak_load_pct: f64,
+    /// Soak: length of the closed-loop peak measurement, in seconds (after a warmup of two
+    /// TTLs, at least 1 s: the holds left to expire then expire during the measurement).
+    #[arg(long, default_value_t = 5.0)]
+    pub soak_peak_s: f64,
+    /// Soak: use this peak, in operations per second, instead of measuring it.
+    #[arg(long)]
+    pub soak_peak_ops: Option<f64>,
+    /// Soak: time between two samples of RSS and metrics, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub soak_sample_s: f64,
+    /// Soak: the warm-up, in percent of the soak time: RSS growth is measured from the first
+    /// sample after it (or after the retention store first evicted on every core, if that
+    /// comes later and leaves two samples).
+    #[arg(long, default_value_t = 20.0)]
+    pub soak_warmup_pct: f64,
+    /// Soak: most RSS growth allowed after the warm-up, in percent.
+    #[arg(long, default_value_t = 5.0)]
+    pub soak_rss_growth_pct: f64,
+    /// Soak: the least share of the intended rate the server must answer, in percent (below
+    /// it, it did not sustain the load).
+    #[arg(long, default_value_t = 95.0)]
+    pub soak_sustained_pct: f64,
+    /// Soak: start this `shardcap` binary on its embedded default configuration, with only
+    /// the ports (loopback, OS-chosen), the data directory and --durability changed; it is
+    /// stopped at the end.
+    #[arg(long)]
+    pub server_bin: Option<std::path::PathBuf>,
+    /// Soak with --server-bin: the server's durability mode.
+    #[arg(long, value_enum, default_value_t = shardcap::wal::Durability::Sync)]
+    pub durability: shardcap::wal::Durability,
+    /// Soak with --server-bin: its data directory (default: a fresh one under the system's
+    /// temporary directory, removed at the end).
+    #[arg(long)]
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Soak without --server-bin: the pid of the server at --server (its RSS is read from
+    /// /proc/PID/status).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// Soak without --server-bin: the server's admin address (metrics are read from
+    /// http://ADDR/metrics).
+    #[arg(long)]
+    pub admin: Option<String>,
 }
 
 /// The run, with presets and defaults applied and every value checked.
@@ -252,8 +329,12 @@ pub struct Plan {
     pub pool_dist: Dist,
     /// Prefix of the pool names.
     pub pool_prefix: String,
-    /// Capacity of each pool, in units.
+    /// Capacity of each pool, in units (but the sold-out pools).
     pub capacity: u64,
+    /// The last this many pools have `sold_out_capacity` instead.
+    pub sold_out_pools: u32,
+    /// Capacity of the sold-out pools, in units.
+    pub sold_out_capacity: u64,
     /// Rules of each pool.
     pub rules: PoolRules,
     /// Measured time, in seconds.
@@ -270,6 +351,53 @@ pub struct Plan {
     pub scrape_url: Option<String>,
     /// Time between two scrapes.
     pub scrape_interval_ms: u64,
+    /// The soak benchmark, if asked for.
+    pub soak: Option<SoakPlan>,
+}
+
+/// Where the soak's server comes from.
+#[derive(Clone, Debug)]
+pub enum SoakServer {
+    /// Started by the soak from this binary, with this durability and data directory
+    /// (`None`: a fresh temporary one).
+    Start {
+        /// The `shardcap` binary.
+        bin: std::path::PathBuf,
+        /// Its durability mode.
+        durability: shardcap::wal::Durability,
+        /// Its data directory.
+        data_dir: Option<std::path::PathBuf>,
+    },
+    /// Running already: its pid and admin address (`--server` is its data port).
+    Given {
+        /// The server's process id.
+        pid: u32,
+        /// Its admin address.
+        admin: String,
+    },
+}
+
+/// The soak benchmark's settings (see [`Args::soak`]).
+#[derive(Clone, Debug)]
+pub struct SoakPlan {
+    /// The server.
+    pub server: SoakServer,
+    /// Soak time, in seconds.
+    pub duration_s: f64,
+    /// The open loop's rate, in percent of the peak.
+    pub load_pct: f64,
+    /// The closed-loop peak measurement, in seconds.
+    pub peak_s: f64,
+    /// A peak given instead of measured, in operations per second.
+    pub peak_ops: Option<f64>,
+    /// Time between samples, in seconds.
+    pub sample_s: f64,
+    /// Warm-up, in percent of the soak time.
+    pub warmup_pct: f64,
+    /// Most RSS growth after the warm-up, in percent.
+    pub rss_growth_pct: f64,
+    /// Least share of the intended rate answered, in percent.
+    pub sustained_pct: f64,
 }
 
 /// The hold TTL of the pools the load generator creates, in ms. Every reserve names its
@@ -282,16 +410,41 @@ pub const POOL_TTL_MS_MAX: u32 = 86_400_000;
 impl Plan {
     /// Applies the shape preset and the defaults, and checks every value.
     pub fn resolve(args: Args) -> Result<Plan, String> {
-        let (preset_pools, preset_user_dist, preset_pool_dist, preset_workload) = match args.shape {
-            Some(Shape::FlashSale) => (Some(1), Some(Dist::Zipf), None, None),
-            Some(Shape::Telecom) => (Some(1000), None, Some(Dist::Zipf), Some(Workload::Churn)),
-            None => (None, None, None, None),
+        let (preset_pools, preset_user_dist, preset_pool_dist, preset_workload) = match (args.shape, args.soak) {
+            (Some(Shape::FlashSale), _) => (Some(1), Some(Dist::Zipf), None, None),
+            (Some(Shape::Telecom), _) => (Some(1000), None, Some(Dist::Zipf), Some(Workload::Churn)),
+            // The soak: zipfian users over several pools (the hottest pool takes about a
+            // third of the reserves), the mixed workload.
+            (None, true) => (Some(8), Some(Dist::Zipf), Some(Dist::Zipf), Some(Workload::Mixed)),
+            (None, false) => (None, None, None, None),
         };
         let workload = args.workload.or(preset_workload).unwrap_or(Workload::Reserve);
-        let ttl_default_ms = if workload == Workload::Churn { 2_000 } else { 60_000 };
+        let ttl_default_ms = match workload {
+            Workload::Churn => 2_000,
+            Workload::Mixed => 5_000,
+            _ => 60_000,
+        };
+        let soak = args.soak.then(|| SoakPlan {
+            server: match (&args.server_bin, args.server_pid, &args.admin) {
+                (Some(bin), _, _) => {
+                    SoakServer::Start { bin: bin.clone(), durability: args.durability, data_dir: args.data_dir.clone() }
+                }
+                (None, Some(pid), Some(admin)) => SoakServer::Given { pid, admin: admin.clone() },
+                // Refused by the check below.
+                (None, _, _) => SoakServer::Given { pid: 0, admin: String::new() },
+            },
+            duration_s: args.soak_minutes * 60.0,
+            load_pct: args.soak_load_pct,
+            peak_s: args.soak_peak_s,
+            peak_ops: args.soak_peak_ops,
+            sample_s: args.soak_sample_s,
+            warmup_pct: args.soak_warmup_pct,
+            rss_growth_pct: args.soak_rss_growth_pct,
+            sustained_pct: args.soak_sustained_pct,
+        });
         let plan = Plan {
             server: args.server,
-            mode: args.mode,
+            mode: args.mode.unwrap_or(if args.soak { Mode::ShardAware } else { Mode::Plain }),
             workload,
             shape: args.shape,
             threads: args.threads,
@@ -310,6 +463,8 @@ impl Plan {
             pool_dist: args.pool_dist.or(preset_pool_dist).unwrap_or(Dist::Uniform),
             pool_prefix: args.pool_prefix,
             capacity: args.capacity,
+            sold_out_pools: args.sold_out_pools.unwrap_or(if args.soak { 1 } else { 0 }),
+            sold_out_capacity: args.sold_out_capacity,
             rules: {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -333,8 +488,12 @@ impl Plan {
             json: args.json,
             scrape_url: args.scrape_url,
             scrape_interval_ms: args.scrape_interval_ms,
+            soak,
         };
         plan.check()?;
+        if let Some(soak) = &plan.soak {
+            soak.check()?;
+        }
         Ok(plan)
     }
 
@@ -367,6 +526,15 @@ impl Plan {
         if self.capacity == 0 || self.capacity > 1 << 60 {
             return Err(format!("--capacity {} must be within 1..=2^60", self.capacity));
         }
+        if self.sold_out_capacity == 0 || self.sold_out_capacity > 1 << 60 {
+            return Err(format!("--sold-out-capacity {} must be within 1..=2^60", self.sold_out_capacity));
+        }
+        if self.sold_out_pools > self.pools {
+            return Err(format!("--sold-out-pools {} exceeds --pools {}", self.sold_out_pools, self.pools));
+        }
+        if self.soak.is_some() && self.workload == Workload::Ping {
+            return Err("--soak needs a workload that reserves (ping creates nothing to soak)".into());
+        }
         let name_len = self.pool_prefix.len() + 1 + (self.pools - 1).to_string().len();
         if self.pool_prefix.is_empty() || !self.pool_prefix.bytes().all(|b| b.is_ascii_graphic()) || name_len > 64 {
             return Err(format!(
@@ -390,5 +558,49 @@ impl Plan {
     /// The name of pool `index`.
     pub fn pool_name(&self, index: u32) -> String {
         format!("{}-{index}", self.pool_prefix)
+    }
+
+    /// The capacity pool `index` is created with.
+    pub fn pool_capacity(&self, index: u32) -> u64 {
+        if index >= self.pools - self.sold_out_pools { self.sold_out_capacity } else { self.capacity }
+    }
+}
+
+impl SoakPlan {
+    fn check(&self) -> Result<(), String> {
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if let SoakServer::Given { pid: 0, .. } = self.server {
+            return Err("--soak needs --server-bin, or --server-pid and --admin for a running server".into());
+        }
+        if !positive(self.duration_s) {
+            return Err("--soak-minutes must be a positive number".into());
+        }
+        if !(positive(self.load_pct) && self.load_pct <= 100.0) {
+            return Err(format!("--soak-load-pct {} must be within 0..=100 (and above 0)", self.load_pct));
+        }
+        if !positive(self.peak_s) || self.peak_ops.is_some_and(|p| !positive(p)) {
+            return Err("--soak-peak-s and --soak-peak-ops must be positive numbers".into());
+        }
+        if !(self.sample_s.is_finite() && self.sample_s >= 0.1) {
+            return Err(format!("--soak-sample-s {} must be at least 0.1", self.sample_s));
+        }
+        if !(self.warmup_pct.is_finite() && (0.0..100.0).contains(&self.warmup_pct)) {
+            return Err(format!("--soak-warmup-pct {} must be within 0..100", self.warmup_pct));
+        }
+        if !(self.rss_growth_pct.is_finite() && self.rss_growth_pct >= 0.0) {
+            return Err(format!("--soak-rss-growth-pct {} must be at least 0", self.rss_growth_pct));
+        }
+        if !(self.sustained_pct.is_finite() && (0.0..=100.0).contains(&self.sustained_pct)) {
+            return Err(format!("--soak-sustained-pct {} must be within 0..=100", self.sustained_pct));
+        }
+        // RSS growth needs a baseline after the warm-up and at least one later sample.
+        let after_warmup_s = self.duration_s * (1.0 - self.warmup_pct / 100.0);
+        if after_warmup_s < 2.0 * self.sample_s {
+            return Err(format!(
+                "the soak after its warm-up ({after_warmup_s:.1} s) must span at least two samples of --soak-sample-s {}",
+                self.sample_s
+            ));
+        }
+        Ok(())
     }
 }

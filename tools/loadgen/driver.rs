@@ -45,7 +45,7 @@ use glommio::net::TcpStream;
 use glommio::timer::Timer;
 use glommio::{LocalExecutorBuilder, Placement};
 use shardcap::protocol::control::{Hello, split_prefix};
-use shardcap::protocol::{HEADER_SIZE, Header, OpResult, Opcode, ReserveOp, Status, decode_header};
+use shardcap::protocol::{HEADER_SIZE, Header, LookupResult, OpResult, Opcode, ReserveOp, Status, decode_header};
 
 use crate::args::Plan;
 use crate::setup::Setup;
@@ -389,7 +389,8 @@ impl Conn {
     ) -> Conn {
         let depth = plan.depth as usize;
         let k = plan.frame_ops_max() as usize;
-        let answer_bytes = depth * (HEADER_SIZE + k * OpResult::SIZE);
+        // Lookups have the largest results.
+        let answer_bytes = depth * (HEADER_SIZE + k * OpResult::SIZE.max(LookupResult::SIZE));
         let request_bytes = depth * (HEADER_SIZE + k * ReserveOp::SIZE);
         let warmup_ns = (plan.warmup_s * 1e9) as u64;
         let stop_ns = warmup_ns + (plan.duration_s * 1e9) as u64;
@@ -711,11 +712,13 @@ impl Book {
             return Ok(());
         }
         let ops = slot.ops as usize;
-        if header.op_count as usize != ops || body.len() != ops * OpResult::SIZE {
+        // Every result starts with its status byte; a lookup's is larger.
+        let result_size = if slot.kind == FrameKind::Lookup { LookupResult::SIZE } else { OpResult::SIZE };
+        if header.op_count as usize != ops || body.len() != ops * result_size {
             return Err(format!("answer with {} results to a frame of {ops} operations", header.op_count));
         }
         let first = (header.request_id & 0xffff_ffff) as usize * self.ops_per_frame;
-        for (i, result) in body.chunks_exact(OpResult::SIZE).enumerate() {
+        for (i, result) in body.chunks_exact(result_size).enumerate() {
             let status = result[0];
             if status == Status::Ok as u8 {
                 if slot.kind == FrameKind::Reserve {
@@ -726,6 +729,8 @@ impl Book {
                         FrameKind::Reserve => stats.ok.reserve += 1,
                         FrameKind::Confirm => stats.ok.confirm += 1,
                         FrameKind::Release => stats.ok.release += 1,
+                        FrameKind::Extend => stats.ok.extend += 1,
+                        FrameKind::Lookup => stats.ok.lookup += 1,
                         FrameKind::Ping => unreachable!("handled above"),
                     }
                 }

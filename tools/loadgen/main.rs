@@ -16,15 +16,19 @@
 //!    from a zipf distribution.
 //! 3. The report ([`report`]): a table, or with `--json` exactly one JSON object on stdout.
 //!
+//! With `--soak`, the soak benchmark ([`soak`]) runs instead: a peak measurement, then a
+//! long open-loop run at a share of it, sampled and judged.
+//!
 //! Exit codes: 0 a completed run (operation errors such as `sold_out` are results); 1 the
-//! run ended with connections lost (the server closed them or stopped answering); 2 bad
-//! usage or a setup failure (cannot connect, pool creation refused).
+//! run ended with connections lost (the server closed them or stopped answering), or a
+//! soak failed; 2 bad usage or a setup failure (cannot connect, pool creation refused).
 
 mod args;
 mod driver;
 mod report;
 mod scrape;
 mod setup;
+mod soak;
 mod stats;
 mod workload;
 
@@ -38,6 +42,9 @@ fn main() {
         Ok(plan) => plan,
         Err(e) => fail(&e),
     };
+    if plan.soak.is_some() {
+        std::process::exit(soak::run(plan));
+    }
     let setup = setup::prepare_within(&plan, setup::SETUP_TIMEOUT).unwrap_or_else(|e| fail(&e));
     // The top 32 bits of every reservation id: unique ids across runs on one server.
     let nonce: u32 = rand::random();

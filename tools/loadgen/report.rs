@@ -79,7 +79,14 @@ impl Report {
             "send_lag_p99_us": lag(0.99),
             "send_lag_max_us": if s.send_lag_ns.is_empty() { 0.0 } else { us(s.send_lag_ns.max()) },
             "mean_us": if s.frames == 0 { 0.0 } else { (s.latency_ns.mean() / 100.0).round() / 10.0 },
-            "ok": { "ping": s.ok.ping, "reserve": s.ok.reserve, "confirm": s.ok.confirm, "release": s.ok.release },
+            "ok": {
+                "ping": s.ok.ping,
+                "reserve": s.ok.reserve,
+                "confirm": s.ok.confirm,
+                "release": s.ok.release,
+                "extend": s.ok.extend,
+                "lookup": s.ok.lookup,
+            },
             "errors": errors,
             "timeouts": s.timeouts,
             "lost": s.lost,
@@ -142,8 +149,8 @@ impl Report {
         }
         let ok = &j["ok"];
         out += &format!(
-            "  ok            ping {}  reserve {}  confirm {}  release {}\n",
-            ok["ping"], ok["reserve"], ok["confirm"], ok["release"]
+            "  ok            ping {}  reserve {}  confirm {}  release {}  extend {}  lookup {}\n",
+            ok["ping"], ok["reserve"], ok["confirm"], ok["release"], ok["extend"], ok["lookup"]
         );
         let errors = j["errors"]
             .as_object()

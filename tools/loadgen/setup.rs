@@ -122,7 +122,7 @@ pub fn prepare(plan: &Plan) -> Result<Setup, String> {
             let name = plan.pool_name(index);
             let request = PoolCreate {
                 name: name.clone(),
-                capacity: plan.capacity,
+                capacity: plan.pool_capacity(index),
                 hold_ttl_ms_default: POOL_TTL_MS_DEFAULT,
                 hold_ttl_ms_max: POOL_TTL_MS_MAX,
                 kind: PoolKind::Counted as u8,

@@ -17,6 +17,10 @@ pub struct OkCounts {
     pub confirm: u64,
     /// Releases that succeeded.
     pub release: u64,
+    /// Extends that succeeded.
+    pub extend: u64,
+    /// Lookups that found their reservation.
+    pub lookup: u64,
 }
 
 /// Counters of one thread (or, merged, of the run).
@@ -96,6 +100,8 @@ impl Stats {
         self.ok.reserve += other.ok.reserve;
         self.ok.confirm += other.ok.confirm;
         self.ok.release += other.ok.release;
+        self.ok.extend += other.ok.extend;
+        self.ok.lookup += other.ok.lookup;
         for (mine, theirs) in self.errors.iter_mut().zip(other.errors.iter()) {
             *mine += theirs;
         }

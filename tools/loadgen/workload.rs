@@ -15,8 +15,11 @@
 //!   the connection and counter make them unique within a run without coordination.
 //! - reserve-confirm queues every successful hold for a confirm; churn queues a fixed
 //!   fraction of them (an accumulator, so the fraction is exact rather than random) for a
-//!   release. Queued follow-ups go out first, up to --ops-per-frame per frame, so the
-//!   queue stays within about depth × ops-per-frame entries.
+//!   release; mixed gives the successful holds their follow-ups in turn from [`MIXED_FATES`]
+//!   (so the shares are exact too). Each kind of follow-up has its queue, and a frame
+//!   carries one kind (one opcode); queued follow-ups go out first, up to --ops-per-frame
+//!   per frame, the queues taken in turn, so they stay within about depth × ops-per-frame
+//!   entries.
 //! - Nothing here allocates per frame: the operation vectors and the queue are reused.
 
 use std::collections::VecDeque;
@@ -24,7 +27,9 @@ use std::collections::VecDeque;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
-use shardcap::protocol::{ConfirmOp, Header, Opcode, ReleaseOp, ReserveOp, encode_batch, home_core};
+use shardcap::protocol::{
+    ConfirmOp, ExtendOp, Header, LookupOp, Opcode, ReleaseOp, ReserveOp, encode_batch, home_core,
+};
 
 use crate::args::{Dist, Plan, Workload};
 
@@ -43,7 +48,47 @@ pub enum FrameKind {
     Confirm,
     /// A batch of releases.
     Release,
+    /// A batch of extends.
+    Extend,
+    /// A batch of lookups.
+    Lookup,
 }
+
+/// What the mixed workload does with a successful hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fate {
+    /// Confirmed in a later frame.
+    Confirm,
+    /// Released in a later frame.
+    Release,
+    /// Extended by the run's TTL in a later frame, then left to expire.
+    Extend,
+    /// Looked up in a later frame, then left to expire.
+    Lookup,
+    /// Left to expire.
+    Expire,
+}
+
+/// The mixed workload's follow-ups, given to successful holds in turn: 20% confirmed, 30%
+/// released, 10% extended, 10% looked up, 30% left to expire. Interleaved so that every
+/// short stretch of holds has the same mix. Of the holds, 60% stay for their TTL (or two
+/// TTLs when extended), which with the short default TTL bounds the live holds at about
+/// 0.6 × reserves per second × TTL.
+pub const MIXED_FATES: [Fate; 10] = [
+    Fate::Confirm,
+    Fate::Release,
+    Fate::Expire,
+    Fate::Extend,
+    Fate::Release,
+    Fate::Confirm,
+    Fate::Expire,
+    Fate::Lookup,
+    Fate::Release,
+    Fate::Expire,
+];
+
+/// The follow-up kinds, in the order of their queues.
+const FOLLOW_UPS: [FrameKind; 4] = [FrameKind::Confirm, FrameKind::Release, FrameKind::Extend, FrameKind::Lookup];
 
 /// Draws an index in `0..n`.
 #[derive(Clone, Copy, Debug)]
@@ -114,11 +159,18 @@ pub struct Generator {
     rng: SmallRng,
     id_base: u128,
     id_counter: u64,
-    follow_ups: VecDeque<Hold>,
+    /// Queued follow-ups, one queue per kind of [`FOLLOW_UPS`].
+    follow_ups: [VecDeque<Hold>; 4],
+    /// The queue the next follow-up frame is taken from first.
+    follow_up_turn: usize,
     release_credit: f64,
+    /// Mixed: the next hold's place in [`MIXED_FATES`].
+    fate_turn: usize,
     reserves: Vec<ReserveOp>,
     confirms: Vec<ConfirmOp>,
     releases: Vec<ReleaseOp>,
+    extends: Vec<ExtendOp>,
+    lookups: Vec<LookupOp>,
 }
 
 impl Generator {
@@ -141,11 +193,15 @@ impl Generator {
             rng: SmallRng::seed_from_u64(plan.seed ^ (conn as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
             id_base: ((nonce as u128) << 96) | ((conn as u128) << 64),
             id_counter: 0,
-            follow_ups: VecDeque::with_capacity(2 * depth * k),
+            follow_ups: std::array::from_fn(|_| VecDeque::with_capacity(2 * depth * k)),
+            follow_up_turn: 0,
             release_credit: 0.0,
+            fate_turn: 0,
             reserves: Vec::with_capacity(k),
             confirms: Vec::with_capacity(k),
             releases: Vec::with_capacity(k),
+            extends: Vec::with_capacity(k),
+            lookups: Vec::with_capacity(k),
         }
     }
 
@@ -164,24 +220,40 @@ impl Generator {
             Header::request(Opcode::Ping, request_id, 0, 0).append_to(out);
             return (FrameKind::Ping, 1);
         }
-        if !self.follow_ups.is_empty() {
-            let count = n.min(self.follow_ups.len());
-            return if self.workload == Workload::ReserveConfirm {
-                self.confirms.clear();
-                for hold in self.follow_ups.drain(..count) {
+        if let Some(queue) = (0..FOLLOW_UPS.len())
+            .map(|i| (self.follow_up_turn + i) % FOLLOW_UPS.len())
+            .find(|&q| !self.follow_ups[q].is_empty())
+        {
+            self.follow_up_turn = (queue + 1) % FOLLOW_UPS.len();
+            let count = n.min(self.follow_ups[queue].len());
+            let holds = self.follow_ups[queue].drain(..count);
+            let kind = FOLLOW_UPS[queue];
+            match kind {
+                FrameKind::Confirm => {
+                    self.confirms.clear();
                     // The id doubles as the commit reference (any non-zero value would do).
-                    self.confirms.push(ConfirmOp { id: hold.id, user: hold.user, commit_ref: hold.id });
+                    self.confirms.extend(holds.map(|h| ConfirmOp { id: h.id, user: h.user, commit_ref: h.id }));
+                    encode_batch(request_id, &self.confirms, out);
                 }
-                encode_batch(request_id, &self.confirms, out);
-                (FrameKind::Confirm, count as u16)
-            } else {
-                self.releases.clear();
-                for hold in self.follow_ups.drain(..count) {
-                    self.releases.push(ReleaseOp { id: hold.id, user: hold.user });
+                FrameKind::Release => {
+                    self.releases.clear();
+                    self.releases.extend(holds.map(|h| ReleaseOp { id: h.id, user: h.user }));
+                    encode_batch(request_id, &self.releases, out);
                 }
-                encode_batch(request_id, &self.releases, out);
-                (FrameKind::Release, count as u16)
-            };
+                FrameKind::Extend => {
+                    self.extends.clear();
+                    let ttl_ms = self.ttl_ms;
+                    self.extends.extend(holds.map(|h| ExtendOp { id: h.id, user: h.user, ttl_ms }));
+                    encode_batch(request_id, &self.extends, out);
+                }
+                FrameKind::Lookup => {
+                    self.lookups.clear();
+                    self.lookups.extend(holds.map(|h| LookupOp { id: h.id, user: h.user }));
+                    encode_batch(request_id, &self.lookups, out);
+                }
+                FrameKind::Ping | FrameKind::Reserve => unreachable!("not a follow-up"),
+            }
+            return (kind, count as u16);
         }
         self.reserves.clear();
         for slot in sent.iter_mut().take(n) {
@@ -204,22 +276,37 @@ impl Generator {
 
     /// A reserve succeeded: queue its follow-up if the workload has one.
     pub fn on_held(&mut self, hold: Hold) {
-        match self.workload {
-            Workload::ReserveConfirm => self.follow_ups.push_back(hold),
+        let queue = match self.workload {
+            Workload::ReserveConfirm => Some(FrameKind::Confirm),
             Workload::Churn => {
                 self.release_credit += self.release_ratio;
-                if self.release_credit >= 1.0 {
+                (self.release_credit >= 1.0).then(|| {
                     self.release_credit -= 1.0;
-                    self.follow_ups.push_back(hold);
+                    FrameKind::Release
+                })
+            }
+            Workload::Mixed => {
+                let fate = MIXED_FATES[self.fate_turn];
+                self.fate_turn = (self.fate_turn + 1) % MIXED_FATES.len();
+                match fate {
+                    Fate::Confirm => Some(FrameKind::Confirm),
+                    Fate::Release => Some(FrameKind::Release),
+                    Fate::Extend => Some(FrameKind::Extend),
+                    Fate::Lookup => Some(FrameKind::Lookup),
+                    Fate::Expire => None,
                 }
             }
-            Workload::Ping | Workload::Reserve => {}
+            Workload::Ping | Workload::Reserve => None,
+        };
+        if let Some(kind) = queue {
+            let index = FOLLOW_UPS.iter().position(|k| *k == kind).expect("a follow-up kind");
+            self.follow_ups[index].push_back(hold);
         }
     }
 
     /// Follow-ups queued and not sent yet.
     pub fn follow_ups_pending(&self) -> usize {
-        self.follow_ups.len()
+        self.follow_ups.iter().map(VecDeque::len).sum()
     }
 
     fn pick_user(&mut self) -> u128 {
@@ -311,6 +398,45 @@ mod tests {
         }
         assert_eq!(g.follow_ups_pending(), 25);
         assert_eq!(plan.ttl_ms, 2_000, "churn's default TTL is short");
+    }
+
+    #[test]
+    fn mixed_gives_every_follow_up_its_exact_share() {
+        let plan = plan(&["--workload", "mixed", "--ops-per-frame", "1"]);
+        assert_eq!(plan.ttl_ms, 5_000, "mixed's default TTL is short");
+        let mut g = Generator::new(&plan, &[1], 0, 1, None);
+        for i in 1..=100u128 {
+            g.on_held(Hold { id: i, user: i });
+        }
+        // 20 confirms, 30 releases, 10 extends, 10 lookups; 30 holds are left to expire.
+        assert_eq!(g.follow_ups_pending(), 70);
+        let (mut sent, mut out) = ([Hold::default(); 1], Vec::new());
+        let mut frames = std::collections::HashMap::new();
+        for request_id in 1..=70 {
+            out.clear();
+            let (kind, n) = g.next_frame(request_id, 1, &mut sent, &mut out);
+            assert_eq!(n, 1);
+            let header = decode_header(out[..HEADER_SIZE].try_into().unwrap()).unwrap();
+            let opcode = match kind {
+                FrameKind::Confirm => Opcode::Confirm,
+                FrameKind::Release => Opcode::Release,
+                FrameKind::Extend => {
+                    let extend = ExtendOp::decode(&out[HEADER_SIZE..]).unwrap();
+                    assert_eq!(extend.ttl_ms, 5_000, "an extend names the run's TTL");
+                    Opcode::Extend
+                }
+                FrameKind::Lookup => Opcode::Lookup,
+                other => panic!("a follow-up expected, got {other:?}"),
+            };
+            assert_eq!(header.opcode, opcode as u8);
+            *frames.entry(format!("{kind:?}")).or_insert(0) += 1;
+        }
+        let expected: std::collections::HashMap<String, i32> =
+            [("Confirm", 20), ("Release", 30), ("Extend", 10), ("Lookup", 10)].map(|(k, v)| (k.to_string(), v)).into();
+        assert_eq!(frames, expected);
+        assert_eq!(g.follow_ups_pending(), 0);
+        out.clear();
+        assert_eq!(g.next_frame(71, 1, &mut sent, &mut out).0, FrameKind::Reserve);
     }
 
     #[test]
