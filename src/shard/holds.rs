@@ -352,9 +352,15 @@ impl HoldTable {
     }
 
     /// Removes the live hold in `slot` (it must not be filed in the wheel any more).
+    #[cfg(test)]
     fn remove(&mut self, slot: u32) {
-        self.before_change(slot);
         self.unindex(slot);
+        self.free_slot(slot);
+    }
+
+    /// Puts `slot`, whose hold is neither indexed nor filed any more, on the free list.
+    fn free_slot(&mut self, slot: u32) {
+        self.before_change(slot);
         let free_head = self.free_head;
         self.slab[slot as usize].set_link(free_head);
         self.slab[slot as usize].set_state(ReservationState::None);
@@ -366,8 +372,13 @@ impl HoldTable {
     /// at `at_ms`, with `commit_ref`; answers its new slot. The ring must have room.
     pub fn finish(&mut self, slot: u32, state: ReservationState, at_ms: u64, commit_ref: u128) -> u32 {
         let h = self.slab[slot as usize];
-        self.remove(slot);
-        self.retain(Record::new(h.id(), h.user(), h.pool(), h.qty(), state, at_ms), commit_ref)
+        let v = self.ring.push(Record::new(h.id(), h.user(), h.pool(), h.qty(), state, at_ms), commit_ref) | RETAINED;
+        // The index entry stays where it is and names the ring now: one probe, into the
+        // bucket the operation that finished the hold has just looked up.
+        let hash = self.hasher.hash_one(h.id());
+        *self.index.find_mut(hash, |&w| w == slot).expect("indexed record") = v;
+        self.free_slot(slot);
+        v
     }
 
     /// Adds a finished reservation to the ring (which must have room); answers its slot.
