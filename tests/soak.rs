@@ -28,6 +28,9 @@ const TINY: &[&str] = &[
     "0.5",
     "--soak-peak-s",
     "1",
+    // The default budget would take minutes to fill at this rate: measure at once.
+    "--soak-fill-max-s",
+    "0",
     "--ttl-ms",
     "500",
     "--connections",

@@ -251,6 +251,10 @@ pub struct Args {
     /// Soak: use this peak, in operations per second, instead of measuring it.
     #[arg(long)]
     pub soak_peak_ops: Option<f64>,
+    /// Soak: most time spent before the peak measurement filling the server's retention
+    /// store (closed loop until every core evicts), in seconds; 0: measure at once.
+    #[arg(long, default_value_t = 600.0)]
+    pub soak_fill_max_s: f64,
     /// Soak: time between two samples of RSS and metrics, in seconds.
     #[arg(long, default_value_t = 5.0)]
     pub soak_sample_s: f64,
@@ -390,6 +394,8 @@ pub struct SoakPlan {
     pub peak_s: f64,
     /// A peak given instead of measured, in operations per second.
     pub peak_ops: Option<f64>,
+    /// Most time filling the retention store before the peak, in seconds.
+    pub fill_max_s: f64,
     /// Time between samples, in seconds.
     pub sample_s: f64,
     /// Warm-up, in percent of the soak time.
@@ -437,6 +443,7 @@ impl Plan {
             load_pct: args.soak_load_pct,
             peak_s: args.soak_peak_s,
             peak_ops: args.soak_peak_ops,
+            fill_max_s: args.soak_fill_max_s,
             sample_s: args.soak_sample_s,
             warmup_pct: args.soak_warmup_pct,
             rss_growth_pct: args.soak_rss_growth_pct,

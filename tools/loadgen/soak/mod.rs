@@ -11,10 +11,14 @@
 //!    once and stays sold out; a million users chosen by zipf; the mixed workload (every
 //!    successful hold confirmed, released, extended, looked up or left to expire, in fixed
 //!    shares; TTL 5 s); shard-aware connections.
-//! 3. The peak: the same workload in a closed loop, `--soak-peak-s` measured after a
-//!    warmup of two TTLs (at least 1 s), so that holds left to expire (extended ones
-//!    included) expire during the measurement as they will during the soak: the peak is
-//!    that of the steady state. `--soak-peak-ops` gives it instead.
+//! 3. The peak: first the same workload in a closed loop, in steps of 10 s, until every
+//!    core's retention store is at its budget (each has forgotten a finished record to make
+//!    room; at most `--soak-fill-max-s`, 600 s), because from then on each reserve also evicts one, as it
+//!    will throughout the soak: a fresh server is faster than the one the soak runs
+//!    against. Then `--soak-peak-s` measured after a warmup of two TTLs (at least 1 s), so
+//!    that holds left to expire (extended ones included) expire during the measurement as
+//!    they will during the soak: the peak is that of the steady state. `--soak-peak-ops`
+//!    gives it instead.
 //! 4. The soak: an open loop at `--soak-load-pct` (80%) of the peak for `--soak-minutes`
 //!    (10), on new connections and new reservation ids, latency from each frame's intended
 //!    send time.
@@ -55,6 +59,8 @@ use sampler::{Metrics, Phase, Sample, Sampler};
 
 /// Shortest warmup of the peak measurement, in seconds.
 const PEAK_WARMUP_S_MIN: f64 = 1.0;
+/// One step of filling the retention store before the peak, in seconds.
+const FILL_STEP_S: f64 = 10.0;
 
 /// Runs the soak; answers the exit code.
 pub fn run(mut plan: Plan) -> i32 {
@@ -104,6 +110,22 @@ pub fn run(mut plan: Plan) -> i32 {
         Some(ops) => ops,
         None => {
             sampler.set_phase(Phase::Peak);
+            let mut filled_s = 0.0;
+            while filled_s < soak.fill_max_s && !sampler.retention_store_full() {
+                let mut fill_plan = plan.clone();
+                fill_plan.rate_ops_per_s = 0.0;
+                fill_plan.warmup_s = 0.0;
+                fill_plan.duration_s = FILL_STEP_S;
+                fill_plan.max_ops = None;
+                match driver::run(&fill_plan, &setup, rand::random()) {
+                    Ok(outcome) => outcomes.push(outcome.stats),
+                    Err(e) => return setup_failure(&e),
+                }
+                filled_s += FILL_STEP_S;
+            }
+            if filled_s > 0.0 {
+                eprintln!("soak: {filled_s} s of closed loop to fill the retention store");
+            }
             let mut peak_plan = plan.clone();
             peak_plan.rate_ops_per_s = 0.0;
             peak_plan.warmup_s = (2.0 * plan.ttl_ms as f64 / 1e3).max(PEAK_WARMUP_S_MIN);

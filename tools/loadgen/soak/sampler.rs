@@ -238,6 +238,16 @@ impl Sampler {
         self.start.elapsed().as_secs_f64()
     }
 
+    /// True when the latest sample shows every core's retention store at its budget (each
+    /// core has evicted a finished record to make room), or a server without one.
+    pub fn retention_store_full(&self) -> bool {
+        let samples = self.samples.lock().expect("samples lock");
+        match samples.last().map(|s| &s.metrics) {
+            Some(Ok(m)) => m.retention_evictions.as_ref().is_none_or(|e| !e.is_empty() && e.values().all(|&n| n > 0)),
+            _ => false,
+        }
+    }
+
     /// Marks the phase the following samples belong to.
     pub fn set_phase(&self, phase: Phase) {
         self.phase.store(phase as u8, Ordering::Relaxed);
