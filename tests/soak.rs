@@ -5,10 +5,11 @@
 //! binary, on its embedded default configuration (only the ports, the data directory and
 //! the durability mode changed), once in `none` and once in `sync`: a 1 s peak measurement,
 //! then 3 s of open loop at 20% of it (the debug build is slow, and at a small share the
-//! current reservation table, which keeps finished records for an hour, grows too little
+//! retention store, which keeps finished records within its 1 GiB budget, grows too little
 //! for the RSS check to notice in seconds). It checks the verdict, the exit code and the
-//! JSON object's fields. The second gives the soak a server whose reservation table is
-//! tiny, and checks that the soak fails for the right reason: `holds_limit_reached`.
+//! JSON object's fields. The second gives the soak a server whose retention budget is
+//! tiny, and checks that the soak fails for the right reason: reserves answered `busy` by
+//! the retention budget, a refusal for bookkeeping.
 
 #![cfg(feature = "tools")]
 
@@ -142,9 +143,11 @@ fn tiny_soak_passes_on_the_default_configuration_in_none_and_sync() {
 
 #[test]
 fn soak_fails_when_the_server_refuses_for_bookkeeping() {
-    // 1000 reservation records per core: finished ones stay in the table, so it is full
-    // within a second of the soak.
-    let server = Server::start(2, "[limits]\nholds_max_per_core = 1000\n");
+    // Room for 1000 finished reservations per core, which must be kept 30 s: at 4000
+    // operations a second the budget cannot keep them, and reserves are answered busy.
+    // (Before finished reservations had a store of their own, a table of 1000 records per
+    // core was full within a second: `holds_limit_reached`.)
+    let server = Server::start(2, "[limits]\nholds_max_per_core = 1000\nretention_bytes_max_per_core = 72000\n");
     let admin = server.admin.expect("an admin port").to_string();
     let out = soak(&[
         "--server",
@@ -164,12 +167,10 @@ fn soak_fails_when_the_server_refuses_for_bookkeeping() {
     assert_eq!((&r["server"]["started"], &r["server"]["pid"]), (&Value::Bool(false), &Value::from(server.pid())));
     assert_eq!(r["peak_measured"], false);
     assert_eq!(r["peak"], Value::Null);
-    assert!(r["refused"]["holds_limit_reached"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["refused"]["retention_busy"].as_u64().is_some_and(|n| n > 0), "{r}");
     let failures = r["failures"].as_array().unwrap();
-    assert!(
-        failures[0].as_str().unwrap().starts_with("refused other than by the pools' rules: holds_limit_reached"),
-        "{failures:?}"
-    );
+    let first = failures[0].as_str().unwrap();
+    assert!(first.starts_with("refused other than by the pools' rules: ") && first.contains("busy"), "{failures:?}");
 
     // Without a server to soak: a usage error.
     let out = Command::new(env!("CARGO_BIN_EXE_shardcap-loadgen")).arg("--soak").output().unwrap();

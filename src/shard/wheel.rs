@@ -119,7 +119,9 @@ impl TimerWheel {
                 if self.draining != NIL {
                     links.set_prev(self.draining, list_tag(DRAINING_LIST));
                 }
+                // Handed back: in no list (`remove` refuses it).
                 links.set_next(i, NIL);
+                links.set_prev(i, NIL);
                 self.len -= 1;
                 return Some(i);
             }
@@ -143,6 +145,7 @@ impl TimerWheel {
     /// Takes entry `i`, which is filed, out of the wheel.
     pub fn remove(&mut self, i: u32, links: &mut impl Links) {
         let (prev, next) = (links.prev(i), links.next(i));
+        assert_ne!(prev, NIL, "entry {i} is not filed");
         if prev <= ENTRY_MAX {
             links.set_next(prev, next);
         } else {
@@ -162,6 +165,7 @@ impl TimerWheel {
             links.set_prev(next, prev);
         }
         links.set_next(i, NIL);
+        links.set_prev(i, NIL);
         self.len -= 1;
     }
 

@@ -300,6 +300,11 @@ fn decode_command(kind: u8, f: &[u8]) -> Option<Command> {
         }
         KIND_SET_LIMITS => {
             exactly(36)?;
+            let (holds_max, retained_max) = (u32_at(4)?, u32_at(32)?);
+            // Limits the configuration could never have given are damage, not a record.
+            if retained_max < holds_max || retained_max >= crate::shard::holds::RETAINED {
+                return None;
+            }
             Command::SetLimits(EngineConfig {
                 core: u16_at(0)?,
                 cores: u16_at(2)?,
@@ -579,6 +584,11 @@ mod tests {
             ("activation flag 2", edited(&active, |b| b[9 + 4] = 2)),
             ("activation one byte long", edited(&active, |b| b.push(1))),
             ("limits one byte short", edited(&Command::SetLimits(limits()), |b| b.truncate(b.len() - 1))),
+            // retained_max (body offset 9 + 32) below holds_max (1000): no live hold could finish.
+            (
+                "limits keeping fewer finished records than live holds",
+                edited(&Command::SetLimits(limits()), |b| b[9 + 32..9 + 36].copy_from_slice(&999u32.to_le_bytes())),
+            ),
         ];
         for (what, bytes) in cases {
             assert_eq!(decode(&bytes), Err(Bad::Body), "{what}");
