@@ -218,7 +218,7 @@ fn assert_ends(s: &mut TcpStream, what: &str) {
 /// server's resident memory stays flat meanwhile, and other clients are served.
 #[test]
 fn clients_that_never_read_are_closed_and_the_server_memory_stays_flat() {
-    let mut extra = "[durability]\nmode = \"none\"\n[limits]\nholds_max_per_core = 100000\n\
+    let mut extra = "[durability]\nmode = \"none\"\n[limits]\nholds_max_per_core = 100000\nretention_bytes_max_per_core = 16777216\n\
                      output_buffer_max_bytes = 65536\nwrite_stall_timeout_ms = 500\n"
         .to_string();
     for n in 0..200 {
@@ -276,7 +276,7 @@ fn half_headers_are_closed_after_the_frame_read_timeout() {
     const TIMEOUT_MS: u64 = 4000;
     raise_fd_limit(2 * STALLED + 512);
     let extra = format!(
-        "[durability]\nmode = \"none\"\n[limits]\nholds_max_per_core = 100000\nframe_read_timeout_ms = {TIMEOUT_MS}\n{}",
+        "[durability]\nmode = \"none\"\n[limits]\nholds_max_per_core = 100000\nretention_bytes_max_per_core = 16777216\nframe_read_timeout_ms = {TIMEOUT_MS}\n{}",
         pool("tickets", 1000)
     );
     let server = Server::start(2, &extra);
@@ -382,7 +382,7 @@ fn a_connection_flood_past_the_limit_is_refused_and_established_ones_carry_on() 
     const FLOOD: usize = 500;
     raise_fd_limit(2 * FLOOD as u64 + 512);
     let extra = format!(
-        "[durability]\nmode = \"none\"\n[limits]\nholds_max_per_core = 100000\nconnections_max_per_core = 50\nbusy_retry_after_ms = 40\n{}",
+        "[durability]\nmode = \"none\"\n[limits]\nholds_max_per_core = 100000\nretention_bytes_max_per_core = 16777216\nconnections_max_per_core = 50\nbusy_retry_after_ms = 40\n{}",
         pool("tickets", 100_000)
     );
     let server = Server::start(2, &extra);
@@ -417,7 +417,7 @@ fn a_connection_flood_past_the_limit_is_refused_and_established_ones_carry_on() 
 #[test]
 fn a_full_core_passes_shared_port_connections_to_one_with_room() {
     let extra = format!(
-        "[durability]\nmode = \"none\"\n[limits]\nholds_max_per_core = 100000\nconnections_max_per_core = 20\nbusy_retry_after_ms = 40\n{}",
+        "[durability]\nmode = \"none\"\n[limits]\nholds_max_per_core = 100000\nretention_bytes_max_per_core = 16777216\nconnections_max_per_core = 20\nbusy_retry_after_ms = 40\n{}",
         pool("tickets", 1000)
     );
     let server = Server::start(2, &extra);
