@@ -40,6 +40,21 @@ fn request(capacity: u64, rules: PoolRules) -> PoolCreate {
     }
 }
 
+/// Core 0's limits of a `cores`-core cluster: 400 live holds, room for 1,600 finished
+/// reservations (kept `retention_ms`, none forgotten early at this scale).
+fn limits(cores: u16, retention_ms: u64) -> EngineConfig {
+    EngineConfig {
+        core: 0,
+        cores,
+        holds_max: 400,
+        parked_max: 64,
+        retention_ms,
+        retention_min_ms: 0,
+        retained_max: 1600,
+        pools_max: 4,
+    }
+}
+
 fn engine(capacity: u64, rules: PoolRules) -> Engine {
     let cfg = EngineConfig {
         core: 0,
@@ -307,7 +322,7 @@ proptest! {
     /// core's per-user counts agree with its reservations.
     #[test]
     fn no_user_ever_exceeds_max_per_user(cores in 2..=3u16, steps in prop::collection::vec(step(), 1..150)) {
-        let template = EngineConfig { core: 0, cores, holds_max: 400, parked_max: 64, retention_ms: 100_000, retention_min_ms: 0, retained_max: 1600, pools_max: 4 };
+        let template = limits(cores, 100_000);
         let mut c = Cluster::new(cores, template, T0);
         let limit = PoolRules { max_per_user: MAX_PER_USER, ..PoolRules::default() };
         c.create_pool(&request(12, limit)).unwrap();
@@ -488,16 +503,7 @@ fn reserve_settled(c: &mut Cluster, now: u64, id: u128, user: u128, qty: u32, pr
 fn general_reserves_leave_the_kept_share_to_priority_reserves_on_every_core() {
     // 100 units, 10 kept for priority 5 and up; 2 cores, the home core is core 1.
     let kept = PoolRules { kept_permille: 100, priority_min: 5, ..PoolRules::default() };
-    let template = EngineConfig {
-        core: 0,
-        cores: 2,
-        holds_max: 400,
-        parked_max: 64,
-        retention_ms: RETENTION,
-        retention_min_ms: 0,
-        retained_max: 1600,
-        pools_max: 4,
-    };
+    let template = limits(2, RETENTION);
     let mut c = Cluster::new(2, template, T0);
     let info = c.create_pool(&request(100, kept)).unwrap();
     assert_eq!(info.home_core, 1);
@@ -542,16 +548,7 @@ fn general_reserves_leave_the_kept_share_to_priority_reserves_on_every_core() {
 fn a_smaller_capacity_leaves_the_kept_share_and_a_larger_one_grows_it() {
     // 100 units, 10 kept for priority 5 and up; 2 cores, the home core is core 1.
     let rules = PoolRules { kept_permille: 100, priority_min: 5, ..PoolRules::default() };
-    let template = EngineConfig {
-        core: 0,
-        cores: 2,
-        holds_max: 400,
-        parked_max: 64,
-        retention_ms: RETENTION,
-        retention_min_ms: 0,
-        retained_max: 1600,
-        pools_max: 4,
-    };
+    let template = limits(2, RETENTION);
     let mut c = Cluster::new(2, template, T0);
     c.create_pool(&request(100, rules)).unwrap();
     let (u0, u1) =
@@ -583,16 +580,7 @@ fn a_home_core_whose_share_went_below_zero_and_a_description_survive_a_snapshot(
     // 100 units on 2 cores (50 each, home core 1); core 0's users hold 10. Down to 10 units:
     // the home core takes its own 50 and the 40 core 0 had free, 90 in all, so its share is
     // 50 - 90 = -40 and core 0's stays 50: together 10.
-    let template = EngineConfig {
-        core: 0,
-        cores: 2,
-        holds_max: 400,
-        parked_max: 64,
-        retention_ms: RETENTION,
-        retention_min_ms: 0,
-        retained_max: 1600,
-        pools_max: 4,
-    };
+    let template = limits(2, RETENTION);
     let mut c = Cluster::new(2, template, T0);
     c.create_pool(&request(100, PoolRules::default())).unwrap();
     let u0 = (1u128..).find(|&u| home_core(u, 2) == 0).unwrap();
@@ -653,7 +641,7 @@ proptest! {
         steps in prop::collection::vec(pstep(), 1..200),
     ) {
         let rules = PoolRules { kept_permille: permille, priority_min: 1, ..PoolRules::default() };
-        let template = EngineConfig { core: 0, cores, holds_max: 400, parked_max: 64, retention_ms: RETENTION, retention_min_ms: 0, retained_max: 1600, pools_max: 4 };
+        let template = limits(cores, RETENTION);
         let mut c = Cluster::new(cores, template, T0);
         c.create_pool(&request(capacity, rules)).unwrap();
         let kept = rules.kept_units(capacity);

@@ -556,8 +556,9 @@ impl Engine {
     /// change (`invalid_rules`): it decided the split of the capacity at creation. Reserves already held or
     /// waiting are not checked again. A change that turns a limit per user, a rate or user
     /// tracking on or off counts each user's units afresh from the reservations on this core (holds,
-    /// waiting reserves, and the confirmed reservations still retained: confirmed units
-    /// purged after `retention_ms` are not counted), with full buckets. A change of values
+    /// waiting reserves, and the confirmed reservations still kept: confirmed units whose
+    /// records were purged after `retention_ms`, or forgotten earlier to make room in the
+    /// retention budget, are not counted), with full buckets. A change of values
     /// only (a higher limit, another rate) keeps every count and bucket.
     pub fn set_pool_rules(&mut self, now_ms: u64, pool: u32, rules: PoolRules) -> Result<PoolInfo, Status> {
         let now_ms = now_ms.max(self.last_now_ms);

@@ -36,8 +36,8 @@ const QTY_BITS: u32 = 29;
 pub struct Hold {
     id: [u64; 2],
     user: [u64; 2],
-    /// Time in the low 42 bits (held: when the hold expires; final: when the record is
-    /// purged; ms since the epoch), pool id in the high 22.
+    /// Time in the low 42 bits (held: when the hold expires; a finished one read from the
+    /// ring: when it finished; ms since the epoch), pool id in the high 22.
     when_pool: u64,
     /// Timer-wheel link (or the free-list link of an unused slot) in the low 32 bits,
     /// quantity in the next 29, [`ReservationState`] in the top 3.
@@ -85,7 +85,8 @@ impl Hold {
     pub fn pool(&self) -> u32 {
         (self.when_pool >> WHEN_BITS) as u32
     }
-    /// Held: when the hold expires. Final: when the record is purged (ms since the epoch).
+    /// Held: when the hold expires. Finished ([`HoldTable::get`] of a ring position): when it
+    /// finished (ms since the epoch).
     pub fn when_ms(&self) -> u64 {
         self.when_pool & WHEN_MAX_MS
     }
